@@ -1,0 +1,125 @@
+"""Command line: train a model (default), make synthetic data, predict, track, evaluate.
+
+    python main.py --model vit_unet [--data ROOT] ...      train (same as `python main.py train ...`)
+    python main.py synth --out DIR [--frames N] [--shape Z,Y,X] [--seed S]
+    python main.py predict --checkpoint CKPT --data ROOT --seq 02 [--out DIR]
+    python main.py track --masks DIR --out DIR [--voxel-size X Y Z]
+    python main.py evaluate --res RES_DIR --gt GT_DIR [--json OUT]
+
+Parsing and dispatch only: each command's work lives in the module named below.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from errors import UserError
+
+MODELS = {"vit_unet": "train_vit2", "swinunetr": "train_swin", "unet": "train3D"}
+COMMANDS = ("train", "synth", "predict", "track", "evaluate")
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected Z,Y,X (integers), got {text!r}")
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected 2 or 3 positive sizes Z,Y,X, got {text!r}")
+    return shape
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags common to the three training scripts; each overrides a value at the top of the script."""
+    p.add_argument("--data", help="CTC data set root (default: the synthetic set, generated once under data/)")
+    p.add_argument("--train-seq", help="training sequence id (default 01)")
+    p.add_argument("--val-seq", help="validation sequence id (default 02)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", help="run folder (default runs/<model>-<time>/)")
+    p.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
+                   help="continue a run: a checkpoint file, or (no value) last.pt in --out")
+    p.add_argument("--seed", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py", description="3D nucleus segmentation and tracking (Cell Tracking Challenge format).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model and report SEG/DET/TRA (the default command: `main.py --model NAME`)")
+    p.add_argument("--model", choices=sorted(MODELS), default="vit_unet")
+    add_train_arguments(p)
+
+    p = sub.add_parser("synth", help="write a synthetic SIM+-like CTC data set (sequences 01 and 02 with GT)")
+    p.add_argument("--out", required=True, help="data set root to create")
+    p.add_argument("--frames", type=int, default=None, help="frames per sequence")
+    p.add_argument("--shape", type=_shape, default=None, help="volume size Z,Y,X")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
+
+    p = sub.add_parser("predict", help="segment and track a sequence with a trained checkpoint, write CTC results")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="CTC data set root")
+    p.add_argument("--seq", default="02")
+    p.add_argument("--out", help="result folder (default ROOT/<seq>_RES)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--tune", action="store_true", help="tune the watershed thresholds on this sequence's GT first")
+    p.add_argument("--figures", action="store_true", help="also write PNG projections and a lineage tree")
+
+    p = sub.add_parser("track", help="track existing per-frame instance masks into CTC results")
+    p.add_argument("--masks", required=True, help="folder of per-frame instance masks (*.tif, frame number in the name)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--voxel-size", type=float, nargs="+", default=None, metavar="S", help="x y [z] in micrometres")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--figures", action="store_true")
+
+    p = sub.add_parser("evaluate", help="score a CTC result folder: SEG, DET, TRA and the AOGM parts")
+    p.add_argument("--res", required=True, help="result folder (maskNNN.tif, res_track.txt)")
+    p.add_argument("--gt", required=True, help="ground-truth folder, e.g. ROOT/01_GT")
+    p.add_argument("--json", help="also write the scores to this JSON file")
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    # `main.py --model vit_unet ...` is `main.py train --model vit_unet ...`
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["train", *argv]
+    return build_parser().parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        import importlib
+        return importlib.import_module(MODELS[args.model]).main(args) or 0
+    if args.command == "synth":
+        from dataset.synthetic import synth_command
+        return synth_command(args)
+    if args.command == "predict":
+        from predict import predict_command
+        return predict_command(args)
+    if args.command == "track":
+        from tracking import track_command
+        return track_command(args)
+    if args.command == "evaluate":
+        from metrics import evaluate_command
+        return evaluate_command(args)
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
