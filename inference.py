@@ -1,0 +1,364 @@
+"""Whole-volume prediction and instance extraction.
+
+`sliding_window` runs a two-head model (seg logits [B,3,...]: background / boundary / interior, marker
+logits [B,1,...]) over a volume of any size in overlapping windows, blends the window logits with a
+Gaussian importance map exactly as MONAI's `sliding_window_inference(mode="gaussian")` does, and returns
+probabilities. `instances` turns those probabilities into a label image with a marker-controlled
+watershed; `tune_postprocessing` grid-searches its thresholds for the best SEG on frames with ground truth.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from skimage.segmentation import watershed
+
+from errors import UserError
+
+#: Accumulators stay on a CUDA device only while they take less than this share of its free memory.
+_GPU_ACCUMULATOR_SHARE = 0.25
+
+
+# ----------------------------------------------------------------------------- sliding window
+def model_in_channels(predictor) -> int | None:
+    """The input channel count of `predictor`: its `in_channels` attribute or its first layer's; None if unknown."""
+    if isinstance(predictor, torch.nn.Module):
+        for module in predictor.modules():
+            channels = getattr(module, "in_channels", None)
+            if isinstance(channels, int):
+                return channels
+    return None
+
+
+def window_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Window start positions along one axis, placed like MONAI: step int(roi * (1 - overlap)), last window flush."""
+    if roi >= size:
+        return [0]
+    step = max(int(roi * (1 - overlap)), 1)
+    starts = list(range(0, size - roi, step))
+    return starts + [size - roi]
+
+
+def gaussian_importance(roi_size, sigma_scale: float = 0.125, device=None) -> torch.Tensor:
+    """MONAI's `compute_importance_map(mode="gaussian")`: a product of 1D Gaussians (sigma = sigma_scale * size),
+    clamped below at max(its minimum, 1e-3) so that window corners still count."""
+    weight = None
+    for axis, n in enumerate(roi_size):
+        x = torch.arange(-(n - 1) / 2.0, (n - 1) / 2.0 + 1, dtype=torch.float32, device=device)
+        g = torch.exp(x ** 2 / (-2 * (sigma_scale * n) ** 2))
+        weight = g if weight is None else weight.unsqueeze(-1) * g[(None,) * axis]
+    return weight.clamp_(min=max(weight.min().item(), 1e-3))
+
+
+def _weight_sum(weight: torch.Tensor, starts: list[list[int]], size) -> torch.Tensor:
+    """Sum of `weight` placed at every window of the grid `starts` (one list per axis), axis by axis: the windows
+    are a Cartesian product, so shifting along each axis in turn costs far less than adding every window."""
+    total = weight
+    for axis, (axis_starts, n) in enumerate(zip(starts, size)):
+        shape = list(total.shape)
+        shape[axis] = n
+        out = torch.zeros(shape, dtype=total.dtype, device=total.device)
+        for s in axis_starts:
+            out.narrow(axis, s, total.shape[axis]).add_(total)
+        total = out
+    return total
+
+
+def _as_volume(volume, n_spatial: int) -> torch.Tensor:
+    """`volume` ([C, *spatial], numpy or torch) as a float32 CPU tensor, without a copy when it already is one."""
+    if isinstance(volume, torch.Tensor):
+        tensor = volume.detach().to("cpu", torch.float32)
+    else:
+        tensor = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+    if tensor.ndim != n_spatial + 1:
+        raise ValueError(f"volume must be [C, {', '.join('DHW'[-n_spatial:])}] for a {n_spatial}D roi_size, "
+                         f"got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def _predictor_device(predictor, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if isinstance(predictor, torch.nn.Module):
+        param = next(itertools.chain(predictor.parameters(), predictor.buffers()), None)
+        if param is not None:
+            return param.device
+    return torch.device("cpu")
+
+
+def _accumulator_device(device: torch.device, n_bytes: int) -> torch.device:
+    """Blend on the GPU when the accumulators fit comfortably there, else on the CPU."""
+    if device.type == "cuda" and n_bytes < _GPU_ACCUMULATOR_SHARE * torch.cuda.mem_get_info(device)[0]:
+        return device
+    return torch.device("cpu")
+
+
+def _two_heads(out) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise TypeError(f"the predictor must return (seg_logits, marker_logits), got {type(out).__name__}"
+                        + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""))
+    return out[0], out[1]
+
+
+def _forward(predictor, batch: torch.Tensor, mirror_axes: list[tuple[int, ...]], autocast) -> list[torch.Tensor]:
+    """The predictor's two heads on `batch`, averaged over the flips in `mirror_axes` (each flipped back), float32."""
+    total = None
+    for axes in mirror_axes:
+        with autocast:
+            heads = _two_heads(predictor(batch.flip(axes) if axes else batch))
+        heads = [h.float().flip(axes) if axes else h.float() for h in heads]
+        total = heads if total is None else [t.add_(h) for t, h in zip(total, heads)]
+    if len(mirror_axes) > 1:
+        total = [t.div_(len(mirror_axes)) for t in total]
+    return total
+
+
+def sliding_window(predictor, volume, roi_size, overlap: float = 0.5, sw_batch_size: int = 4,
+                   sigma_scale: float = 0.125, device=None, amp: bool = False, mirror: bool = False,
+                   progress: bool = False, in_channels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predict a whole volume in overlapping windows; return (seg_prob [3, *spatial], marker_prob [1, *spatial]).
+
+    volume: [C, D, H, W] (or [C, H, W] with a 2D roi_size), numpy or torch. The window logits of both heads are
+    blended with MONAI's Gaussian importance map (the same windows, padding and weights as
+    `monai.inferers.sliding_window_inference(mode="gaussian")`), then turned into probabilities: softmax over
+    the 3 seg classes, sigmoid for the marker. Both are float32 CPU tensors of the volume's spatial size.
+
+    A volume smaller than roi_size is zero-padded symmetrically and cropped back. Windows are computed on
+    `device` (default: the predictor's) in batches of sw_batch_size, under bf16 autocast when `amp` and the
+    device is CUDA (amp is ignored on the CPU); the accumulators stay on the GPU only when they fit easily.
+    `mirror` averages the logits over all 2**ndim flips of the spatial axes (test-time augmentation).
+    The channel count is checked against `in_channels` (default: read from the predictor's first layer)
+    and a mismatch raises UserError.
+    """
+    roi_size = tuple(int(r) for r in roi_size)
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    n_spatial = len(roi_size)
+    vol = _as_volume(volume, n_spatial)
+    expected = in_channels if in_channels is not None else model_in_channels(predictor)
+    if expected is not None and vol.shape[0] != expected:
+        raise UserError(f"the image has {vol.shape[0]} channel(s) but the model expects {expected} "
+                        f"(volume shape {tuple(vol.shape)})")
+
+    size = tuple(vol.shape[1:])
+    pad = [max(r - s, 0) for r, s in zip(roi_size, size)]
+    if any(pad):
+        vol = F.pad(vol, [p for d in reversed(pad) for p in (d // 2, d - d // 2)])
+    padded = tuple(vol.shape[1:])
+    starts = [window_starts(n, r, overlap) for n, r in zip(padded, roi_size)]
+    windows = list(itertools.product(*starts))
+
+    device = _predictor_device(predictor, device)
+    n_voxels = int(np.prod(padded))
+    acc_device = _accumulator_device(device, 5 * 4 * n_voxels)
+    weight = gaussian_importance(roi_size, sigma_scale, device=acc_device)
+    seg_acc = marker_acc = None
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda"
+                else contextlib.nullcontext())
+    mirror_axes = [()]
+    if mirror:
+        spatial = range(2, 2 + n_spatial)
+        mirror_axes = [axes for k in range(n_spatial + 1) for axes in itertools.combinations(spatial, k)]
+
+    batches = range(0, len(windows), sw_batch_size)
+    if progress:
+        from tqdm import tqdm
+        batches = tqdm(batches, desc="windows", unit="batch", leave=False)
+    with torch.inference_mode():
+        for first in batches:
+            chunk = windows[first:first + sw_batch_size]
+            crops = [tuple(slice(s, s + r) for s, r in zip(start, roi_size)) for start in chunk]
+            batch = torch.stack([vol[(slice(None), *c)] for c in crops]).to(device, non_blocking=True)
+            seg, marker = (h.to(acc_device) for h in _forward(predictor, batch, mirror_axes, autocast))
+            if seg_acc is None:
+                seg_acc = torch.zeros((seg.shape[1], *padded), dtype=torch.float32, device=acc_device)
+                marker_acc = torch.zeros((marker.shape[1], *padded), dtype=torch.float32, device=acc_device)
+            for i, crop in enumerate(crops):
+                seg_acc[(slice(None), *crop)].addcmul_(seg[i], weight)
+                marker_acc[(slice(None), *crop)].addcmul_(marker[i], weight)
+        norm = _weight_sum(weight, starts, padded)
+        seg_acc.div_(norm)
+        marker_acc.div_(norm)
+        del norm
+        if any(pad):
+            keep = tuple(slice(d // 2, d // 2 + n) for d, n in zip(pad, size))
+            seg_acc = seg_acc[(slice(None), *keep)].contiguous()
+            marker_acc = marker_acc[(slice(None), *keep)].contiguous()
+        seg_acc.sub_(seg_acc.amax(0, keepdim=True)).exp_()  # softmax in place: no second full-size copy
+        seg_acc.div_(seg_acc.sum(0, keepdim=True))
+        marker_acc.sigmoid_()
+    return seg_acc.cpu(), marker_acc.cpu()
+
+
+# ----------------------------------------------------------------------------- instances
+@dataclass(frozen=True)
+class PostParams:
+    """Thresholds of `instances`. Defaults tuned on synthetic SIM+-like frames (see tests/test_inference.py).
+
+    fg_threshold: foreground where 1 - P(background) exceeds it.
+    marker_threshold: seeds where the marker probability exceeds it (inside the foreground).
+    marker_interior: seeds must also have P(interior) above this (0 turns the requirement off).
+    min_marker_size: seed components smaller than this (voxels) are dropped.
+    min_size: objects smaller than this (voxels) are removed.
+    keep_unmarked: a foreground component without any seed becomes one object (else it is dropped).
+    elevation: the watershed surface: "interior" (-P(interior): cuts along the predicted boundary class) or
+        "distance" (-distance to the outside of P(interior) > 0.5, in physical units: cuts at the necks).
+    """
+
+    fg_threshold: float = 0.5
+    marker_threshold: float = 0.5
+    marker_interior: float = 0.0
+    min_marker_size: int = 10
+    min_size: int = 100
+    keep_unmarked: bool = True
+    elevation: str = "interior"
+
+    def __post_init__(self):
+        if self.elevation not in ("interior", "distance"):
+            raise ValueError(f"elevation must be 'interior' or 'distance', got {self.elevation!r}")
+
+
+def _numpy(array) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array, dtype=np.float32)
+
+
+def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Zero the labels of `labels` (in place) that cover fewer than min_size voxels."""
+    if min_size > 1 and labels.any():
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        if small.any():
+            labels[small[labels]] = 0
+    return labels
+
+
+def _elevation(interior: np.ndarray, region: np.ndarray, kind: str, sampling) -> np.ndarray:
+    if kind == "interior":
+        return -interior
+    return -ndimage.distance_transform_edt((interior > 0.5) & region, sampling=sampling)
+
+
+def instances(seg_prob, marker_prob, params: PostParams | None = None, voxel_size=None) -> np.ndarray:
+    """Label image (uint16, labels 1..N, 0 background) from seg probabilities [3, *spatial] and marker
+    probabilities [1, *spatial] (numpy or torch).
+
+    Foreground = 1 - P(background) > fg_threshold. Seeds = connected components of marker > marker_threshold
+    inside the foreground, small ones dropped. Each foreground component with one seed is one object; one with
+    several is split by a watershed from the seeds, computed only inside that component's bounding box;
+    one with none is kept whole if `keep_unmarked`. Objects under min_size voxels are removed, holes inside
+    each object filled, labels renumbered 1..N. voxel_size (x, y[, z], as the CTC states it) scales the
+    distance transform of elevation="distance"; default isotropic.
+    """
+    p = params or PostParams()
+    seg = _numpy(seg_prob)
+    marker = _numpy(marker_prob)[0]
+    if seg.shape[0] != 3 or seg.shape[1:] != marker.shape:
+        raise ValueError(f"expected seg_prob [3, *S] and marker_prob [1, *S], got {seg.shape} and "
+                         f"{(1, *marker.shape)}")
+    sampling = None if voxel_size is None else tuple(float(v) for v in reversed(voxel_size))
+    interior = seg[2]
+    foreground = seg[0] < 1 - p.fg_threshold
+    seeds = (marker > p.marker_threshold) & foreground
+    if p.marker_interior > 0:
+        seeds &= interior > p.marker_interior
+    markers, n_markers = ndimage.label(seeds)
+    markers = _remove_small(markers, p.min_marker_size)
+
+    components, _ = ndimage.label(foreground)
+    components = _remove_small(components, p.min_size)  # a smaller component cannot hold a big enough object
+    labels = np.zeros(foreground.shape, np.int32)
+    for comp_id, box in enumerate(ndimage.find_objects(components), 1):
+        if box is None:
+            continue
+        region = components[box] == comp_id
+        seeds_here = np.where(region, markers[box], 0)
+        ids = np.unique(seeds_here)[1:]
+        target = labels[box]
+        if len(ids) == 0:
+            if p.keep_unmarked:
+                target[region] = n_markers + comp_id  # a label no seed uses
+        elif len(ids) == 1:
+            target[region] = ids[0]
+        else:
+            surface = _elevation(interior[box], region, p.elevation, sampling)
+            target[region] = watershed(surface, seeds_here, mask=region)[region]
+
+    labels = _remove_small(labels, p.min_size)
+    for label_id, box in enumerate(ndimage.find_objects(labels), 1):
+        if box is not None:
+            target = labels[box]
+            target[ndimage.binary_fill_holes(target == label_id) & (target == 0)] = label_id
+    present = np.flatnonzero(np.bincount(labels.ravel()))
+    present = present[present > 0]
+    if len(present) > np.iinfo(np.uint16).max:
+        raise ValueError(f"{len(present)} objects do not fit a uint16 label image")
+    lut = np.zeros(labels.max() + 1, np.uint16)
+    lut[present] = np.arange(1, len(present) + 1, dtype=np.uint16)
+    return lut[labels]
+
+
+# ----------------------------------------------------------------------------- tuning
+def _seg_parts(pred: np.ndarray, gt: np.ndarray) -> tuple[float, int]:
+    """CTC SEG counts for one frame: (sum of Jaccard over GT objects, number of GT objects). A GT object R is
+    matched by the predicted S with |R ∩ S| > 0.5 |R| (at most one can be); unmatched objects score 0."""
+    gt = np.asarray(gt).astype(np.int64, copy=False)
+    pred = np.asarray(pred).astype(np.int64, copy=False)
+    gt_sizes = np.bincount(gt.ravel())
+    n_gt = int(np.count_nonzero(gt_sizes[1:]))
+    if n_gt == 0:
+        return 0.0, 0
+    pred_sizes = np.bincount(pred.ravel())
+    inside = gt > 0
+    pairs, overlap = np.unique(gt[inside] * len(pred_sizes) + pred[inside], return_counts=True)
+    r, s = np.divmod(pairs, len(pred_sizes))
+    hit = (s > 0) & (overlap > 0.5 * gt_sizes[r])
+    jaccard = overlap[hit] / (gt_sizes[r[hit]] + pred_sizes[s[hit]] - overlap[hit])
+    return float(jaccard.sum()), n_gt
+
+
+DEFAULT_GRID = {
+    "fg_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
+    "marker_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
+}
+
+
+def tune_postprocessing(prob_pairs, gt_labels_list, grid: dict | None = None,
+                        base: PostParams | None = None) -> tuple[PostParams, float]:
+    """Grid-search PostParams for the best SEG over frames whose probabilities are already predicted.
+
+    prob_pairs: [(seg_prob, marker_prob), ...]; gt_labels_list: the GT label images of the same frames.
+    grid: {PostParams field: candidate values} (default DEFAULT_GRID); fields not in it keep `base`'s values.
+    SEG is pooled over all GT objects of all frames, as the CTC does. Returns (best params, its SEG);
+    ties keep the earlier grid point.
+    """
+    prob_pairs, gt_labels_list = list(prob_pairs), list(gt_labels_list)
+    if len(prob_pairs) != len(gt_labels_list) or not prob_pairs:
+        raise ValueError(f"need as many GT images as predicted frames (>0), got {len(gt_labels_list)} "
+                         f"and {len(prob_pairs)}")
+    grid = DEFAULT_GRID if grid is None else grid
+    base = base or PostParams()
+    fields = {f.name for f in dataclasses.fields(PostParams)}
+    unknown = set(grid) - fields
+    if unknown:
+        raise ValueError(f"unknown PostParams fields in grid: {sorted(unknown)}")
+    if sum(_seg_parts(g, g)[1] for g in gt_labels_list) == 0:
+        raise UserError("no ground-truth objects to tune the post-processing on")
+    best, best_seg = base, -1.0
+    for values in itertools.product(*grid.values()):
+        params = dataclasses.replace(base, **dict(zip(grid, values)))
+        total, count = 0.0, 0
+        for (seg_prob, marker_prob), gt in zip(prob_pairs, gt_labels_list):
+            jaccard, n = _seg_parts(instances(seg_prob, marker_prob, params), gt)
+            total, count = total + jaccard, count + n
+        if total / count > best_seg:
+            best, best_seg = params, total / count
+    return best, best_seg

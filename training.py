@@ -1,0 +1,352 @@
+"""The one training loop shared by train_vit2.py, train_swin.py and train3D.py.
+
+Data: random crops of the training sequence (dataset3D). Loss: losses.combined_loss. AdamW with
+linear warm-up then cosine decay per step, gradient clipping, bf16 autocast on CUDA. Every
+`val_every` epochs: whole-volume prediction of some validation frames and their SEG. Checkpoints
+`last.pt` (every epoch) and `best.pt` (best validation SEG), written atomically with everything a
+resume needs. At the end: thresholds tuned on training frames, the whole validation sequence
+predicted and tracked into a CTC result folder, and SEG / DET / TRA printed.
+
+Run under `torchrun --nproc_per_node=N` for DistributedDataParallel (NCCL on GPU, gloo on CPU);
+rank 0 alone validates, logs and saves.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+import figures
+import predict
+from dataset import VOXEL_SIZE_SIM, Sequence
+from dataset3D import AugmentConfig, CropDataset, load_volumes
+from errors import UserError
+from losses import PARTS, LossWeights, combined_loss
+from models import build_model
+from utils import load_checkpoint, rng_state, save_checkpoint, seed_everything, select_device, set_rng_state
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; the train scripts set it, command-line flags override it."""
+    model: str = "vit_unet"                  # vit_unet, swinunetr or unet
+    model_args: dict = field(default_factory=dict)  # overrides of models.build_model's defaults
+    crop_size: tuple = (32, 64, 64)          # training crop (Z, Y, X); also the sliding window at prediction
+    batch_size: int = 2                      # crops per step (per process under torchrun)
+    epochs: int = 20                         # passes of steps_per_epoch steps
+    steps_per_epoch: int = 50                # optimiser steps per epoch
+    lr: float = 1e-3                         # peak learning rate of AdamW
+    weight_decay: float = 1e-4               # AdamW weight decay
+    warmup_epochs: float = 1.0               # linear warm-up, then cosine decay to 0
+    grad_clip: float = 1.0                   # max gradient norm
+    loss: LossWeights = field(default_factory=LossWeights)         # weights of the loss terms
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # augmentation strengths
+    fg_fraction: float = 0.67                # share of crops centred on a nucleus
+    core_fraction: float = 0.5               # marker target: distance-transform core of each nucleus
+    val_every: int = 5                       # validate every this many epochs (and after the last)
+    val_frames: int = 2                      # validation frames scored per validation (evenly spaced)
+    tune_frames: int = 3                     # training frames used to tune the watershed thresholds at the end
+    overlap: float = 0.25                    # sliding-window overlap for validation and final prediction
+    num_workers: int = -1                    # data-loader workers; -1: as many as the CPU count allows (max 8)
+    device: str = "auto"                     # auto, cpu or cuda
+    amp: bool = True                         # bf16 autocast on CUDA (ignored on CPU)
+    seed: int = 0                            # seeds the model, the crops and the augmentation
+    data: str | None = None                  # CTC data set root; None: the synthetic set under data/synth
+    train_seq: str = "01"                    # training sequence
+    val_seq: str = "02"                      # validation sequence
+    voxel_size: tuple = VOXEL_SIZE_SIM       # (x, y, z) micrometres, for targets and tracking
+    out: str | None = None                   # run folder; None: runs/<model>-<time>
+    max_bad_steps: int = 5                   # this many non-finite losses in a row stop the run
+    final_predict: bool = True               # predict, track and score the validation sequence at the end
+
+
+def apply_overrides(cfg: TrainConfig, args) -> TrainConfig:
+    """Command-line flags (argparse Namespace from main.py) replace the script's values where given."""
+    names = {"data": "data", "train_seq": "train_seq", "val_seq": "val_seq", "epochs": "epochs",
+             "batch_size": "batch_size", "lr": "lr", "device": "device", "out": "out", "seed": "seed"}
+    changes = {key: getattr(args, flag) for flag, key in names.items() if getattr(args, flag, None) is not None}
+    return replace(cfg, **changes)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up from ~0 to 1 over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# --------------------------------------------------------------------------- set-up
+class Distributed:
+    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or a single process."""
+
+    def __init__(self, device_name: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = select_device(device_name)
+        if self.world > 1:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.local_rank)
+                self.device = torch.device("cuda", self.local_rank)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def default_data(cfg: TrainConfig, ddp: Distributed) -> Path:
+    from dataset.synthetic import ensure_default_dataset
+    root = Path("data/synth")
+    if ddp.main:
+        ensure_default_dataset(root)
+    ddp.barrier()
+    return root
+
+
+def check_crop(model, crop) -> None:
+    divisor = tuple(model.size_divisor)
+    if len(divisor) != len(crop) or any(c % d for c, d in zip(crop, divisor)):
+        examples = ", ".join("x".join(str(d * k) for d in divisor) for k in (1, 2, 4))
+        raise UserError(f"crop size {tuple(crop)} does not fit model {model.name!r}: each side must be a multiple of "
+                        f"{divisor} (e.g. {examples})")
+
+
+def num_workers(cfg: TrainConfig) -> int:
+    if cfg.num_workers >= 0:
+        return cfg.num_workers
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+# --------------------------------------------------------------------------- the loop
+def train(cfg: TrainConfig, resume: str | None = None) -> dict:
+    """Train, validate, save; returns the final scores (rank 0) or {} (other ranks)."""
+    ddp = Distributed(cfg.device)
+    try:
+        return _train(cfg, resume, ddp)
+    finally:
+        ddp.close()
+
+
+def _train(cfg: TrainConfig, resume: str | None, ddp: Distributed) -> dict:
+    device = ddp.device
+    state = None
+    if resume:
+        path = Path(resume) if resume != "last" else None
+        if path is None:
+            if not cfg.out:
+                raise UserError("--resume without a checkpoint needs --out RUN_DIR (it resumes RUN_DIR/last.pt)")
+            path = Path(cfg.out) / "last.pt"
+        state = load_checkpoint(path)
+        if state.get("model_name") != cfg.model:
+            raise UserError(f"{path}: checkpoint of model {state.get('model_name')!r}, not {cfg.model!r}")
+        if not cfg.out:
+            cfg = replace(cfg, out=str(path.parent))
+    out = Path(cfg.out or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    seed_everything(cfg.seed + ddp.rank)
+
+    root = Path(cfg.data) if cfg.data else default_data(cfg, ddp)
+    train_seq = Sequence(root, cfg.train_seq, cfg.voxel_size)
+    if not train_seq.has_gt:
+        raise UserError(f"{train_seq.gt_dir}: training sequence {cfg.train_seq} has no ground truth")
+    val_seq = Sequence(root, cfg.val_seq, cfg.voxel_size)
+
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    model = build_model(cfg.model, **cfg.model_args).to(device)
+    check_crop(model, cfg.crop_size)
+    if val_seq.ndim != len(cfg.crop_size):
+        raise UserError(f"crop size {cfg.crop_size} is {len(cfg.crop_size)}D but {val_seq.image_dir} holds {val_seq.ndim}D images")
+
+    volumes = load_volumes(train_seq, core_fraction=cfg.core_fraction, progress=ddp.main)
+    data = CropDataset(volumes, cfg.crop_size, cfg.steps_per_epoch * cfg.batch_size * ddp.world, cfg.augment,
+                       cfg.fg_fraction, cfg.seed)
+    sampler = DistributedSampler(data, ddp.world, ddp.rank, shuffle=False) if ddp.world > 1 else None
+    loader = DataLoader(data, cfg.batch_size, sampler=sampler, num_workers=num_workers(cfg), drop_last=True,
+                        pin_memory=device.type == "cuda")
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * cfg.steps_per_epoch
+    warmup = max(1, int(cfg.warmup_epochs * cfg.steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
+    net = DistributedDataParallel(model) if ddp.world > 1 else model
+    amp = cfg.amp and device.type == "cuda"
+
+    start_epoch, history, best = 1, [], -1.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best_seg"]
+        set_rng_state(state["rng"])
+        if ddp.main:
+            print(f"resumed {out} at epoch {start_epoch} (best validation SEG so far {best:.4f})")
+    if ddp.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config_dict(cfg), indent=2))
+        print(f"training {cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on {device}"
+              f"{f' x{ddp.world}' if ddp.world > 1 else ''}, {len(volumes)} training volumes, run folder {out}")
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        data.set_epoch(epoch)
+        row = run_epoch(net, loader, optimizer, scheduler, cfg, device, amp, epoch, ddp)
+        validate_now = epoch % cfg.val_every == 0 or epoch == cfg.epochs
+        if ddp.main:
+            if validate_now and val_seq.has_gt:
+                row["val_seg"] = validate(model, val_seq, cfg, device, amp, out, epoch)
+            history.append(row)
+            improved = row.get("val_seg", -1.0) > best
+            best = max(best, row.get("val_seg", -1.0))
+            ckpt = checkpoint_state(model, optimizer, scheduler, cfg, epoch, history, best)
+            save_checkpoint(out / "last.pt", ckpt)
+            if improved:
+                save_checkpoint(out / "best.pt", ckpt)
+            write_history(out, history)
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        ddp.barrier()
+
+    if not ddp.main or not cfg.final_predict:
+        return {}
+    return final_report(cfg, out, val_seq, train_seq, device, amp)
+
+
+def run_epoch(net, loader, optimizer, scheduler, cfg: TrainConfig, device, amp: bool, epoch: int, ddp: Distributed) -> dict:
+    """One epoch of optimiser steps; returns the epoch's log row (mean loss and parts, lr, crops/s)."""
+    net.train()
+    sums, steps, bad, start = torch.zeros(len(PARTS) + 1, device=device), 0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not ddp.main, leave=False, dynamic_ncols=True)
+    for image, classes, marker in bar:
+        image, classes, marker = (x.to(device, non_blocking=True) for x in (image, classes, marker))
+        with torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext():
+            seg_logits, marker_logits = net(image)
+        loss, parts = combined_loss(seg_logits, marker_logits, classes, marker, cfg.loss)
+        finite = torch.isfinite(loss)
+        if ddp.world > 1:  # all ranks skip together, or DDP's gradient all-reduce would hang
+            finite = finite.float()
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            finite = finite.bool()
+        if not bool(finite):
+            bad += 1
+            optimizer.zero_grad(set_to_none=True)
+            if bad >= cfg.max_bad_steps:
+                raise UserError(f"training diverged: {bad} non-finite losses in a row at epoch {epoch} "
+                                f"(try a lower --lr than {cfg.lr}); the last good checkpoint is kept")
+            continue
+        bad = 0
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        sums += torch.cat([loss.detach()[None], parts])
+        steps += 1
+        if steps % 10 == 0 or steps == 1:
+            bar.set_postfix(loss=f"{sums[0].item() / steps:.4f}")
+    seconds = time.perf_counter() - start
+    means = (sums / max(steps, 1)).tolist()
+    row = {"epoch": epoch, "loss": means[0], **dict(zip(PARTS, means[1:])), "lr": scheduler.get_last_lr()[0],
+           "crops_per_s": steps * cfg.batch_size * ddp.world / seconds, "seconds": seconds}
+    return row
+
+
+def validate(model, seq: Sequence, cfg: TrainConfig, device, amp: bool, out: Path, epoch: int) -> float:
+    """Mean SEG on `val_frames` evenly spaced frames of the validation sequence (whole volumes)."""
+    frames = [t for t in evenly_spaced(seq.seg_frames, cfg.val_frames)]
+    post = predict.PostParams()
+    scores, panel = [], None
+    for t in frames:
+        image = seq.image(t)
+        probs = predict.probabilities(model, image, cfg.crop_size, device, amp, cfg.overlap)
+        labels = predict.instances(*probs, post)
+        gt = seq.seg(t)
+        scores.append(predict.seg_of(labels, gt))
+        if panel is None:
+            panel = (image, gt, labels)
+    figures.save_prediction_panel(out / "figures" / "validation.png", *panel, title=f"epoch {epoch}, frame {frames[0]}")
+    return float(np.mean(scores))
+
+
+def evenly_spaced(items, n: int):
+    items = list(items)
+    if n >= len(items):
+        return items
+    return [items[int(round(i))] for i in np.linspace(0, len(items) - 1, n)]
+
+
+def final_report(cfg: TrainConfig, out: Path, val_seq: Sequence, train_seq: Sequence, device, amp: bool) -> dict:
+    """Best model → thresholds tuned on training frames → validation sequence predicted, tracked, scored."""
+    from utils import check_accuracy
+    from metrics import format_table
+
+    best_path = out / "best.pt" if (out / "best.pt").exists() else out / "last.pt"
+    state = load_checkpoint(best_path)
+    model = build_model(state["model_name"], **state["model_config"]).to(device)
+    model.load_state_dict(state["model"])
+    tune_frames = evenly_spaced(train_seq.seg_files, cfg.tune_frames)
+    post = predict.tune(model, train_seq, tune_frames, cfg.crop_size, device, amp, cfg.overlap)
+    state["post"] = asdict(post)
+    save_checkpoint(best_path, state)
+    res_dir = out / f"{val_seq.seq}_RES"
+    predict.predict_sequence(model, val_seq, res_dir, post, cfg.crop_size, device, amp, cfg.overlap, overwrite=True)
+    scores = {"checkpoint": str(best_path), "post": asdict(post)}
+    if val_seq.has_gt:
+        scores.update(check_accuracy(res_dir, val_seq.gt_dir))
+        print(f"\n{cfg.model} on {val_seq.image_dir} ({res_dir}):\n{format_table(scores)}")
+    (out / "scores.json").write_text(json.dumps(scores, indent=2, default=float))
+    return scores
+
+
+# --------------------------------------------------------------------------- records
+def config_dict(cfg: TrainConfig) -> dict:
+    """The configuration as plain JSON-able values (tuples as lists)."""
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def checkpoint_state(model, optimizer, scheduler, cfg: TrainConfig, epoch: int, history: list, best: float) -> dict:
+    finite = all(torch.isfinite(p).all() for p in model.parameters())
+    if not finite:
+        raise UserError(f"epoch {epoch}: model weights are not finite; not saving (try a lower --lr)")
+    return {"model_name": cfg.model, "model_config": model.config, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+            "history": history, "best_seg": best, "rng": rng_state(), "train_config": config_dict(cfg),
+            "crop_size": list(cfg.crop_size), "voxel_size": list(cfg.voxel_size), "post": asdict(predict.PostParams())}
+
+
+def write_history(out: Path, history: list[dict]) -> None:
+    """history.csv (one row per epoch) and the curves as PNG."""
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    tmp = out / ".history.csv.part"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, keys)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, out / "history.csv")
+    figures.save_training_curves(out / "figures" / "curves.png", history)
+
+
+def train_from_cli(default: TrainConfig, args) -> int:
+    """Entry of each train script: its defaults, overridden by the flags main.py parsed."""
+    train(apply_overrides(default, args), resume=args.resume)
+    return 0
