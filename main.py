@@ -37,6 +37,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--crop-size", type=_shape, help="training crop Z,Y,X (also the prediction window)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", help="run folder (default runs/<model>-<time>/)")
     p.add_argument("--resume", nargs="?", const="last", metavar="CKPT",

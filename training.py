@@ -76,7 +76,7 @@ class TrainConfig:
 def apply_overrides(cfg: TrainConfig, args) -> TrainConfig:
     """Command-line flags (argparse Namespace from main.py) replace the script's values where given."""
     names = {"data": "data", "train_seq": "train_seq", "val_seq": "val_seq", "epochs": "epochs",
-             "batch_size": "batch_size", "lr": "lr", "device": "device", "out": "out", "seed": "seed"}
+             "batch_size": "batch_size", "lr": "lr", "crop_size": "crop_size", "device": "device", "out": "out", "seed": "seed"}
     changes = {key: getattr(args, flag) for flag, key in names.items() if getattr(args, flag, None) is not None}
     return replace(cfg, **changes)
 
@@ -118,13 +118,12 @@ class Distributed:
             dist.destroy_process_group()
 
 
-def default_data(cfg: TrainConfig, ddp: Distributed) -> Path:
-    from dataset.synthetic import ensure_default_dataset
-    root = Path("data/synth")
+def default_data(ddp: Distributed) -> Path:
+    from dataset.synthetic import DEFAULT_ROOT, ensure_default_dataset
     if ddp.main:
-        ensure_default_dataset(root)
+        ensure_default_dataset(DEFAULT_ROOT)
     ddp.barrier()
-    return root
+    return DEFAULT_ROOT
 
 
 def check_crop(model, crop) -> None:
@@ -153,14 +152,14 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
 
 def _train(cfg: TrainConfig, resume: str | None, ddp: Distributed) -> dict:
     device = ddp.device
-    state = None
+    state, ckpt_path = None, None
     if resume:
         path = Path(resume) if resume != "last" else None
         if path is None:
             if not cfg.out:
                 raise UserError("--resume without a checkpoint needs --out RUN_DIR (it resumes RUN_DIR/last.pt)")
             path = Path(cfg.out) / "last.pt"
-        state = load_checkpoint(path)
+        state, ckpt_path = load_checkpoint(path), path
         if state.get("model_name") != cfg.model:
             raise UserError(f"{path}: checkpoint of model {state.get('model_name')!r}, not {cfg.model!r}")
         if not cfg.out:
@@ -168,7 +167,7 @@ def _train(cfg: TrainConfig, resume: str | None, ddp: Distributed) -> dict:
     out = Path(cfg.out or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     seed_everything(cfg.seed + ddp.rank)
 
-    root = Path(cfg.data) if cfg.data else default_data(cfg, ddp)
+    root = Path(cfg.data) if cfg.data else default_data(ddp)
     train_seq = Sequence(root, cfg.train_seq, cfg.voxel_size)
     if not train_seq.has_gt:
         raise UserError(f"{train_seq.gt_dir}: training sequence {cfg.train_seq} has no ground truth")
@@ -196,6 +195,11 @@ def _train(cfg: TrainConfig, resume: str | None, ddp: Distributed) -> dict:
 
     start_epoch, history, best = 1, [], -1.0
     if state is not None:
+        saved, built = json.loads(json.dumps(state["model_config"])), json.loads(json.dumps(model.config))
+        if saved != built:
+            diff = {k: (saved.get(k), built.get(k)) for k in sorted(set(saved) | set(built)) if saved.get(k) != built.get(k)}
+            raise UserError(f"{ckpt_path}: the checkpoint's {cfg.model} differs from the configured one "
+                            f"(checkpoint vs now: {diff}); resume with the run's own settings")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

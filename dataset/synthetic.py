@@ -1,0 +1,514 @@
+"""Synthetic Fluo-N3DH-SIM+-like 3D+t sequences (2D+t too), written as a complete CTC data set.
+
+This is the project's embedded default data: the default training run and the tests use it.
+
+Model (all geometry in micrometres, so z comes out coarser than x/y exactly as in SIM+, where a voxel
+is 0.125 x 0.125 x 0.2 um):
+- nuclei are ellipsoids (ellipses in 2D) of random size, elongation, 3D orientation and brightness,
+  textured by smooth noise and a few nucleoli-like spots, slightly dimmer towards the rim;
+- motion is smooth: velocity with momentum, small random accelerations, slow rotation, weak adhesion
+  between close neighbours and a hard limit on their overlap, so nuclei crowd and touch but barely
+  overlap; they stay inside the volume (clamped at the borders, velocity reflected);
+- divisions: the mother's track ends at frame t; two smaller daughters start at t + 1 on either side of
+  her position, along her long axis, with P = mother;
+- labels: where ellipsoids overlap, a voxel goes to the nucleus with the smallest normalised ellipsoid
+  distance, so touching nuclei share a face; every track is present in every frame from B to E;
+- imaging: Gaussian PSF (stronger in z), background, Poisson shot noise, Gaussian read noise, camera
+  offset, uint16.
+
+SNR (`snr`) = (mean image intensity inside nuclei - mean background) / std of the background, where
+the background is every voxel more than `SNR_MARGIN` voxels (chessboard distance) from any nucleus.
+At the default settings every frame has an SNR in `SNR_RANGE` (4.1 to 6.3 over 50 seeds, 5.2 on
+average): nuclei clearly visible but noisy, as in SIM+. More `photons` (and `background`) raise it as
+their square root.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from errors import UserError
+
+from .ctc import VOXEL_SIZE_SIM, CTCFormatError, frame_name, write_tiff, write_tracks
+from .validate import labels_present, lineage_problems
+
+#: Bump when a change to the generator changes its output, so cached default sets are regenerated.
+GENERATOR_VERSION = 1
+#: The shape at which `SynthConfig.nuclei` and `.divisions` hold; other shapes keep the packing density.
+REFERENCE_SHAPE = (32, 128, 128)
+#: Where the default data set is cached (the project's data/ folder, ignored by git).
+DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "data" / "synth"
+#: Every frame made with the default settings has an SNR in this range (see the module docstring).
+SNR_RANGE = (3.5, 8.0)
+SNR_MARGIN = 3
+#: Smallest sizes accepted: (z, y/x) voxels.
+MIN_SIZE = (8, 16)
+
+# Fixed parts of the model (SynthConfig holds what a user may want to change).
+_MAX_OVERLAP = 0.08       # neighbours may overlap by this fraction of their summed radii along the line of centres
+_ADHESION_RANGE = 0.5     # um: neighbours closer than this are pulled into contact
+_CONTACT_PROB = 0.35      # chance that a nucleus starts in contact with an earlier one
+_MOMENTUM = 0.8           # fraction of the velocity kept from one frame to the next
+_ROTATION = 0.05          # radians per frame, typical slow rotation
+_RIM_DIM = 0.25           # intensity at the rim is (1 - _RIM_DIM) of the centre
+_DAUGHTER_SCALE = 0.8     # daughters' radii relative to the mother's (about half her volume)
+_TEXTURE_SCALE = 0.25     # um, correlation length of the chromatin-like texture
+
+
+@dataclass
+class SynthConfig:
+    """What a synthetic sequence looks like; lengths in voxels are x/y voxels (z follows from voxel_size).
+
+    (*) Other shapes, radii and frame counts scale the counts to keep the same packing density and
+    division rate; a sequence of 3 frames or more has at least divisions[0] divisions. Radii shrink
+    where a side of the volume is shorter than 2.5 of the largest radius.
+    """
+    shape: tuple[int, ...] = (32, 128, 128)                # (Z, Y, X), or (Y, X) for 2D+t
+    frames: int = 10
+    voxel_size: tuple[float, ...] = VOXEL_SIZE_SIM         # (x, y, z) in um
+    nuclei: tuple[int, int] = (8, 14)                      # initial count at REFERENCE_SHAPE and default radii (*)
+    divisions: tuple[int, int] = (1, 3)                    # per sequence at REFERENCE_SHAPE and 10 frames (*)
+    radius_xy: tuple[float, float] = (7.0, 12.0)           # nucleus radius range in x/y voxels (z radius = r * vx / vz)
+    elongation: float = 0.15                               # std of the log stretch of each semi-axis
+    brightness: tuple[float, float] = (0.6, 1.4)           # relative brightness range between nuclei
+    texture: float = 0.2                                   # std of the smooth multiplicative texture
+    speed: float = 0.25                                    # typical speed in um per frame (2 x/y voxels)
+    psf_sigma: tuple[float, ...] = (0.1, 0.1, 0.25)        # Gaussian PSF std (x, y, z) in um
+    photons: float = 45.0                                  # photons at the centre of a nucleus of brightness 1
+    background: float = 25.0                               # background photons per voxel
+    read_noise: float = 4.0                                # std of the Gaussian camera noise
+    offset: float = 100.0                                  # camera offset added to every voxel
+
+
+@dataclass
+class _Nucleus:
+    label: int
+    centre: np.ndarray       # um, array-axis order (z, y, x)
+    velocity: np.ndarray     # um per frame
+    axes: np.ndarray         # semi-axes in um
+    rotation: np.ndarray     # columns: the principal directions, in array-axis order
+    brightness: float
+    spots: np.ndarray        # (k, ndim) nucleoli-like spot centres, local coordinates in um
+    spot_gain: np.ndarray    # (k,) relative intensity change at each spot centre
+
+    def radius_along(self, direction: np.ndarray) -> float:
+        """Distance from the centre to the surface along a unit direction."""
+        local = self.rotation.T @ direction
+        return float(1.0 / np.sqrt(np.sum((local / self.axes) ** 2)))
+
+    def half_box(self) -> np.ndarray:
+        """Half extent of the bounding box along each array axis, in um."""
+        return np.sqrt(((self.rotation * self.axes) ** 2).sum(axis=1))
+
+
+# ----------------------------------------------------------------------------- configuration
+def _spatial(cfg: SynthConfig):
+    """(ndim, spacing in um per array axis, psf sigma in voxels per array axis)."""
+    ndim = len(cfg.shape)
+    spacing = np.array(cfg.voxel_size[:ndim][::-1], dtype=float)
+    psf = np.array(cfg.psf_sigma[:ndim][::-1], dtype=float) / spacing
+    return ndim, spacing, psf
+
+
+def _check(cfg: SynthConfig) -> None:
+    """Raise UserError naming the setting that cannot work."""
+    shape = tuple(cfg.shape)
+    if len(shape) not in (2, 3) or not all(isinstance(s, (int, np.integer)) for s in shape):
+        raise UserError(f"synthetic shape {shape}: expected 2 or 3 integer sizes (Y,X or Z,Y,X)")
+    if min(shape[-2:]) < MIN_SIZE[1] or (len(shape) == 3 and shape[0] < MIN_SIZE[0]):
+        raise UserError(f"synthetic shape {shape}: too small; need at least {MIN_SIZE[0]} z slices and "
+                        f"{MIN_SIZE[1]} voxels in y and x")
+    if cfg.frames < 1:
+        raise UserError(f"synthetic frames {cfg.frames}: need at least 1 frame")
+    for name in ("voxel_size", "psf_sigma"):
+        value = getattr(cfg, name)
+        if len(value) < len(shape) or min(value[:len(shape)]) <= 0:
+            raise UserError(f"synthetic {name} {value}: need {len(shape)} positive values in (x, y, z) order")
+    for name in ("nuclei", "divisions", "radius_xy", "brightness"):
+        lo, hi = getattr(cfg, name)
+        if not 0 <= lo <= hi:
+            raise UserError(f"synthetic {name} {(lo, hi)}: expected a range 0 <= low <= high")
+    if cfg.nuclei[1] < 1 or cfg.radius_xy[0] <= 0:
+        raise UserError(f"synthetic nuclei {cfg.nuclei} / radius_xy {cfg.radius_xy}: need at least one nucleus of positive radius")
+
+
+def _scales(cfg: SynthConfig, spacing: np.ndarray) -> tuple[float, float]:
+    """(radius scale <= 1 so nuclei fit small volumes, count scale keeping the default packing density).
+
+    The count scale is the volume relative to REFERENCE_SHAPE times the volume of a default nucleus
+    relative to one of this config (after the radius scale).
+    """
+    ndim = len(cfg.shape)
+    lengths = (np.array(cfg.shape) - 1) * spacing
+    r_max = cfg.radius_xy[1] * cfg.voxel_size[0]
+    radius_scale = float(min(1.0, *(lengths / (2.5 * r_max))))
+    volume = np.prod(cfg.shape) / np.prod(REFERENCE_SHAPE[-ndim:])
+    size = np.mean(SynthConfig.radius_xy) / (np.mean(cfg.radius_xy) * radius_scale)
+    return radius_scale, float(volume * size ** ndim)
+
+
+def _jsonable(cfg: SynthConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def sequence_seed(seed: int, name: str) -> int:
+    """The seed of sequence `name` in a data set made with `seed` (independent of the other sequences)."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(name.encode())]).generate_state(1)[0])
+
+
+# ----------------------------------------------------------------------------- geometry
+def _rotation(rng: np.random.Generator, ndim: int) -> np.ndarray:
+    """A uniformly random rotation matrix."""
+    q, r = np.linalg.qr(rng.standard_normal((ndim, ndim)))
+    q *= np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] *= -1
+    return q
+
+
+def _small_rotation(rng: np.random.Generator, ndim: int, angle: float) -> np.ndarray:
+    """A rotation by about `angle` radians around a random axis."""
+    a = rng.standard_normal((ndim, ndim))
+    q, r = np.linalg.qr(np.eye(ndim) + angle * (a - a.T) / np.sqrt(2))
+    return q * np.sign(np.diag(r))
+
+
+def _new_nucleus(rng, label, centre, radius_um, cfg, ndim, velocity=None) -> _Nucleus:
+    stretch = rng.normal(0.0, cfg.elongation, ndim)
+    axes = radius_um * np.exp(stretch - stretch.mean())
+    n_spots = int(rng.integers(1, 4))
+    spots = rng.uniform(-0.5, 0.5, (n_spots, ndim)) * axes
+    gain = rng.uniform(-0.5, 0.4, n_spots)  # nucleoli darker, chromocentres brighter
+    if velocity is None:
+        direction = rng.standard_normal(ndim)
+        velocity = direction / np.linalg.norm(direction) * cfg.speed * rng.uniform(0.5, 1.5)
+    return _Nucleus(label, np.array(centre, float), np.array(velocity, float), axes, _rotation(rng, ndim),
+                    float(rng.uniform(*cfg.brightness)), spots, gain)
+
+
+def _confine(n: _Nucleus, lengths: np.ndarray) -> None:
+    """Keep the nucleus inside the volume: clamp its centre, reflect the velocity at a border."""
+    h = np.minimum(n.half_box(), lengths / 2)
+    lo, hi = h, lengths - h
+    below, above = n.centre < lo, n.centre > hi
+    n.centre = np.clip(n.centre, lo, hi)
+    n.velocity[below] = np.abs(n.velocity[below])
+    n.velocity[above] = -np.abs(n.velocity[above])
+
+
+def _pair(a: _Nucleus, b: _Nucleus, rng):
+    """(unit direction a->b, distance, contact distance) of two nuclei."""
+    delta = b.centre - a.centre
+    dist = float(np.linalg.norm(delta))
+    u = delta / dist if dist > 1e-9 else _unit(rng, len(delta))
+    return u, dist, a.radius_along(u) + b.radius_along(u)
+
+
+def _unit(rng, ndim):
+    v = rng.standard_normal(ndim)
+    return v / np.linalg.norm(v)
+
+
+def _overlaps(n: _Nucleus, others, rng) -> bool:
+    """Whether n overlaps any of `others` by more than allowed."""
+    for o in others:
+        _, dist, contact = _pair(n, o, rng)
+        if dist < contact * (1 - _MAX_OVERLAP):
+            return True
+    return False
+
+
+def _separate(nuclei, rng) -> None:
+    """Push overlapping pairs apart to the allowed overlap; cancel their approaching velocity."""
+    for i, a in enumerate(nuclei):
+        for b in nuclei[i + 1:]:
+            u, dist, contact = _pair(a, b, rng)
+            allowed = contact * (1 - _MAX_OVERLAP)
+            if dist < allowed:
+                push = (allowed - dist) / 2 * u
+                a.centre -= push
+                b.centre += push
+                approach = float((a.velocity - b.velocity) @ u)
+                if approach > 0:
+                    a.velocity -= approach / 2 * u
+                    b.velocity += approach / 2 * u
+
+
+def _adhere(nuclei, rng) -> None:
+    """Pull near neighbours (gap below _ADHESION_RANGE) a quarter of the way into contact."""
+    for i, a in enumerate(nuclei):
+        for b in nuclei[i + 1:]:
+            u, dist, contact = _pair(a, b, rng)
+            gap = dist - contact
+            if 0 < gap < _ADHESION_RANGE:
+                a.centre += gap / 4 * u
+                b.centre -= gap / 4 * u
+
+
+def _settle(nuclei, lengths, rng) -> None:
+    for _ in range(4):
+        _separate(nuclei, rng)
+        for n in nuclei:
+            _confine(n, lengths)
+
+
+# ----------------------------------------------------------------------------- simulation
+def _initial(cfg, rng, ndim, lengths, radius_range, count) -> list[_Nucleus]:
+    """Place `count` nuclei (fewer if the volume is full), some of them in contact with an earlier one."""
+    nuclei: list[_Nucleus] = []
+    for label in range(1, count + 1):
+        for _attempt in range(100):
+            n = _new_nucleus(rng, label, rng.uniform(0, lengths), rng.uniform(*radius_range), cfg, ndim)
+            if nuclei and rng.random() < _CONTACT_PROB:
+                other = nuclei[int(rng.integers(len(nuclei)))]
+                u = _unit(rng, ndim)
+                n.centre = other.centre + u * (other.radius_along(u) + n.radius_along(-u)) * (1 - _MAX_OVERLAP / 2)
+            _confine(n, lengths)
+            if not _overlaps(n, nuclei, rng):
+                nuclei.append(n)
+                break
+        else:
+            break
+    return nuclei
+
+
+def _step(nuclei, cfg, rng, ndim, lengths) -> None:
+    """Advance all nuclei by one frame."""
+    for n in nuclei:
+        n.velocity = _MOMENTUM * n.velocity + rng.normal(0.0, 0.35 * cfg.speed, ndim)
+        speed = np.linalg.norm(n.velocity)
+        if speed > 2 * cfg.speed:
+            n.velocity *= 2 * cfg.speed / speed
+        n.centre = n.centre + n.velocity
+        n.rotation = n.rotation @ _small_rotation(rng, ndim, _ROTATION)
+    _adhere(nuclei, rng)
+    _settle(nuclei, lengths, rng)
+
+
+def _divide(mother: _Nucleus, labels: tuple[int, int], cfg, rng, ndim) -> list[_Nucleus]:
+    """Two smaller daughters on either side of the mother along her long axis, moving apart."""
+    u = mother.rotation[:, int(np.argmax(mother.axes))]
+    radius = _DAUGHTER_SCALE * float(np.exp(np.log(mother.axes).mean()))
+    daughters = []
+    for sign, label in zip((1.0, -1.0), labels):
+        d = _new_nucleus(rng, label, mother.centre, radius, cfg, ndim,
+                         velocity=mother.velocity + sign * 0.5 * cfg.speed * u)
+        d.brightness = min(mother.brightness * 1.1, cfg.brightness[1])
+        d.centre = mother.centre + sign * u * d.radius_along(u) * (1 - _MAX_OVERLAP / 2)
+        daughters.append(d)
+    return daughters
+
+
+def _division_times(cfg, rng, count_scale) -> list[int]:
+    """Frames after which a division happens: 1 .. frames - 2, so mothers and daughters live >= 2 and >= 1 frames."""
+    if cfg.frames < 3:
+        return []
+    lo, hi = cfg.divisions
+    scale = count_scale * (cfg.frames - 1) / 9
+    count = max(lo, int(round(int(rng.integers(lo, hi + 1)) * scale)))
+    return sorted(int(t) for t in rng.integers(1, cfg.frames - 1, count))
+
+
+def _render(nuclei, shape, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """(labels uint16, noise-free object intensity float32) of one frame; overlaps go to the nearest nucleus."""
+    labels = np.zeros(shape, np.uint16)
+    best = np.ones(shape, np.float32)            # normalised squared distance of the current owner (< 1 inside)
+    phantom = np.zeros(shape, np.float32)
+    for n in nuclei:
+        h = n.half_box()
+        lo = np.maximum(np.floor((n.centre - h) / spacing).astype(int), 0)
+        hi = np.minimum(np.ceil((n.centre + h) / spacing).astype(int) + 1, shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        grids = np.ix_(*(np.arange(a, b) * s - c for a, b, s, c in zip(lo, hi, spacing, n.centre)))
+        local = [sum(g * n.rotation[k, j] for k, g in enumerate(grids)) for j in range(len(shape))]
+        d2 = sum((l / a) ** 2 for l, a in zip(local, n.axes)).astype(np.float32)
+        win = d2 < best[box]
+        sigma2 = 2 * (0.25 * n.axes.min()) ** 2
+        spots = sum(g * np.exp(-sum((l - c) ** 2 for l, c in zip(local, s)) / sigma2) for s, g in zip(n.spots, n.spot_gain))
+        intensity = n.brightness * (1 - _RIM_DIM * d2) * (1 + spots)
+        labels[box][win] = n.label
+        best[box][win] = d2[win]
+        phantom[box][win] = intensity[win]
+    return labels, phantom
+
+
+def _image(phantom, cfg, rng, spacing, psf) -> np.ndarray:
+    """Texture, PSF blur, photon and read noise, camera offset -> uint16."""
+    field = ndimage.gaussian_filter(rng.standard_normal(phantom.shape).astype(np.float32), _TEXTURE_SCALE / spacing)
+    field /= field.std()
+    textured = np.clip(phantom * (1 + cfg.texture * field), 0, None)
+    blurred = ndimage.gaussian_filter(textured, psf)
+    counts = rng.poisson(cfg.background + cfg.photons * blurred.astype(np.float64))
+    signal = cfg.offset + counts + rng.normal(0.0, cfg.read_noise, phantom.shape)
+    return np.clip(np.rint(signal), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+
+
+def generate_sequence(cfg: SynthConfig, seed: int) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """One sequence: (images uint16, instance labels uint16 whose values are track labels, tracks rows L B E P).
+
+    Deterministic for a given (cfg, seed).
+    """
+    _check(cfg)
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in cfg.shape)
+    ndim, spacing, psf = _spatial(cfg)
+    lengths = (np.array(shape) - 1) * spacing
+    radius_scale, count_scale = _scales(cfg, spacing)
+    radius_range = np.array(cfg.radius_xy) * cfg.voxel_size[0] * radius_scale
+    count = max(1, int(round(int(rng.integers(cfg.nuclei[0], cfg.nuclei[1] + 1)) * count_scale)))
+    nuclei = _initial(cfg, rng, ndim, lengths, radius_range, count)
+    divisions = _division_times(cfg, rng, count_scale)
+
+    tracks = {n.label: [n.label, 0, cfg.frames - 1, 0] for n in nuclei}
+    next_label = len(nuclei) + 1
+    images, label_frames = [], []
+    for t in range(cfg.frames):
+        if t > 0:
+            _step(nuclei, cfg, rng, ndim, lengths)
+        labels, phantom = _render(nuclei, shape, spacing)
+        images.append(_image(phantom, cfg, rng, spacing, psf))
+        label_frames.append(labels)
+        candidates = [n for n in nuclei if tracks[n.label][1] < t]  # lived at least two frames
+        for _ in range(divisions.count(t)):
+            if not candidates:
+                break
+            volume = np.array([np.prod(n.axes) for n in candidates])
+            mother = candidates.pop(int(rng.choice(len(candidates), p=volume / volume.sum())))
+            daughters = _divide(mother, (next_label, next_label + 1), cfg, rng, ndim)
+            tracks[mother.label][2] = t
+            for d in daughters:
+                tracks[d.label] = [d.label, t + 1, cfg.frames - 1, mother.label]
+            next_label += 2
+            nuclei = [n for n in nuclei if n is not mother] + daughters
+
+    table = np.array(sorted(tracks.values()), dtype=np.int64).reshape(-1, 4)
+    problems = lineage_problems(table, {t: labels_present(l) for t, l in enumerate(label_frames)})
+    if problems:  # a nucleus squeezed out of every voxel: a generator bug, never written as GT
+        raise RuntimeError(f"synthetic generator (seed {seed}) made invalid ground truth: {problems[:3]}")
+    return images, label_frames, table
+
+
+# ----------------------------------------------------------------------------- measures
+def snr(image: np.ndarray, labels: np.ndarray, margin: int = SNR_MARGIN) -> float:
+    """(mean inside nuclei - mean background) / std of background; background = farther than `margin` voxels."""
+    foreground = labels > 0
+    near = ndimage.binary_dilation(foreground, ndimage.generate_binary_structure(labels.ndim, labels.ndim),
+                                   iterations=margin)
+    background = image[~near].astype(np.float64)
+    return float((image[foreground].mean() - background.mean()) / background.std())
+
+
+def summarize(images, labels, tracks) -> dict:
+    """Counts and mean SNR of one generated sequence (what synth.json and the CLI report)."""
+    tracks = np.asarray(tracks).reshape(-1, 4)
+    return {"frames": len(images), "nuclei_at_start": int((tracks[:, 1] == 0).sum()), "tracks": len(tracks),
+            "divisions": len(set(tracks[tracks[:, 3] > 0, 3].tolist())),
+            "snr": round(float(np.mean([snr(i, l) for i, l in zip(images, labels)])), 2)}
+
+
+# ----------------------------------------------------------------------------- writing
+def _write_sequence(root: Path, name: str, images, labels, tracks, voxel_size) -> None:
+    n = len(images)
+    for t, (image, label) in enumerate(zip(images, labels)):
+        write_tiff(root / name / frame_name("t", t, n), image, voxel_size)
+        write_tiff(root / f"{name}_GT" / "SEG" / frame_name("man_seg", t, n), label, voxel_size)
+        write_tiff(root / f"{name}_GT" / "TRA" / frame_name("man_track", t, n), label, voxel_size)
+    write_tracks(root / f"{name}_GT" / "TRA" / "man_track.txt", tracks)
+
+
+def write_dataset(out, cfg: SynthConfig | None = None, seed: int = 0, sequences=("01", "02"),
+                  overwrite: bool = False) -> Path:
+    """Generate and write a CTC data set (images, SEG and TRA ground truth of every frame, synth.json).
+
+    The set is built in a hidden sibling folder and renamed into place when complete, so an
+    interrupted run never leaves a set that looks complete. An existing non-empty `out` is refused
+    unless `overwrite`.
+    """
+    cfg = cfg or SynthConfig()
+    _check(cfg)
+    if seed < 0:
+        raise UserError(f"synthetic seed {seed}: must be >= 0")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CTCFormatError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CTCFormatError(f"{out}: output folder is not empty (use --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        start = time.perf_counter()
+        summary = {}
+        for name in sequences:
+            s = sequence_seed(seed, name)
+            images, labels, tracks = generate_sequence(cfg, s)
+            _write_sequence(tmp, name, images, labels, tracks, cfg.voxel_size)
+            summary[name] = {"seed": s, **summarize(images, labels, tracks)}
+        meta = {"generator": "dataset.synthetic", "version": GENERATOR_VERSION, "seed": seed,
+                "config": _jsonable(cfg), "sequences": summary, "seconds": round(time.perf_counter() - start, 2)}
+        (tmp / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
+    return out
+
+
+def read_meta(root) -> dict | None:
+    """The synth.json of a generated set, or None where there is none (or it is unreadable)."""
+    try:
+        return json.loads((Path(root) / "synth.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_default_dataset(root=DEFAULT_ROOT, cfg: SynthConfig | None = None, seed: int = 0) -> Path:
+    """The synthetic set at `root`, generated on first use and reused while its synth.json matches cfg and seed.
+
+    A non-empty `root` that this generator did not make is never replaced.
+    """
+    cfg = cfg or SynthConfig()
+    root = Path(root)
+    meta = read_meta(root)
+    if (meta is not None and meta.get("version") == GENERATOR_VERSION and meta.get("seed") == seed
+            and meta.get("config") == _jsonable(cfg) and all((root / s).is_dir() for s in meta.get("sequences", {}))):
+        return root
+    if meta is None and root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise CTCFormatError(f"{root}: exists but is not a synthetic data set (no synth.json); move it away or pass --data")
+    start = time.perf_counter()
+    print(f"generating the synthetic data set in {root} ...", flush=True)
+    write_dataset(root, cfg, seed, overwrite=True)
+    print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
+    return root
+
+
+def synth_command(args) -> int:
+    """`main.py synth --out DIR [--frames N] [--shape Z,Y,X] [--seed S] [--overwrite]`."""
+    cfg = SynthConfig()
+    if args.frames is not None:
+        cfg = replace(cfg, frames=args.frames)
+    if args.shape is not None:
+        cfg = replace(cfg, shape=tuple(args.shape))
+    start = time.perf_counter()
+    out = write_dataset(args.out, cfg, seed=args.seed, overwrite=args.overwrite)
+    elapsed = time.perf_counter() - start
+    meta = read_meta(out)
+    shape = "x".join(str(s) for s in cfg.shape)
+    print(f"wrote {out} ({len(meta['sequences'])} sequences of {cfg.frames} frames, {shape} voxels) in {elapsed:.1f} s")
+    for name, s in meta["sequences"].items():
+        print(f"  {name}: {s['nuclei_at_start']} nuclei at start, {s['divisions']} divisions, "
+              f"{s['tracks']} tracks, SNR {s['snr']:.1f}")
+    return 0

@@ -1,0 +1,256 @@
+"""The synthetic SIM+-like generator: deterministic, valid CTC ground truth, and the promised properties."""
+import json
+import shutil
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import main
+from dataset import (CTCFormatError, ResultFolder, Sequence, check_track_folder, labels_present, lineage_problems,
+                     list_frames, read_labels)
+from dataset import synthetic
+from dataset.synthetic import (SNR_RANGE, SynthConfig, ensure_default_dataset, generate_sequence, sequence_seed, snr,
+                               write_dataset)
+from errors import UserError
+
+SMALL = SynthConfig(shape=(16, 64, 64), frames=5, radius_xy=(4.0, 6.0))
+
+
+@pytest.fixture(scope="module")
+def default_sequence():
+    """One sequence at the default size (the one the default training run uses)."""
+    return generate_sequence(SynthConfig(), seed=0)
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "set"
+    write_dataset(root, SMALL, seed=3)
+    return root
+
+
+def present(labels):
+    return {t: labels_present(l) for t, l in enumerate(labels)}
+
+
+def touching_pairs(labels):
+    """Pairs of different labels that share a face (6-adjacent voxels)."""
+    pairs = set()
+    for axis in range(labels.ndim):
+        a = np.moveaxis(labels, axis, 0)
+        x, y = a[1:], a[:-1]
+        hit = (x > 0) & (y > 0) & (x != y)
+        pairs |= {tuple(sorted(p)) for p in zip(x[hit].tolist(), y[hit].tolist())}
+    return pairs
+
+
+def test_same_seed_same_arrays_other_seed_differs():
+    a, b, c = (generate_sequence(SMALL, s) for s in (7, 7, 8))
+    for x, y in zip(a[0] + a[1], b[0] + b[1]):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a[2], b[2])
+    assert not np.array_equal(a[0][0], c[0][0])
+    assert not np.array_equal(a[1][0], c[1][0])
+
+
+def test_images_and_labels_have_the_configured_shape_and_type(default_sequence):
+    images, labels, tracks = default_sequence
+    assert len(images) == len(labels) == 10
+    for image, label in zip(images, labels):
+        assert image.dtype == np.uint16 and image.shape == (32, 128, 128)
+        assert label.dtype == np.uint16 and label.shape == (32, 128, 128)
+    assert tracks.shape[1] == 4 and 8 <= (tracks[:, 1] == 0).sum() <= 14
+    assert np.ptp(images[0]) > 100  # real 16-bit dynamic range, not 8-bit values
+
+
+def test_divisions_start_daughters_next_to_the_mother(default_sequence):
+    _, labels, tracks = default_sequence
+    rows = {l: (b, e, p) for l, b, e, p in tracks.tolist()}
+    children = [l for l, (_, _, p) in rows.items() if p > 0]
+    assert 1 <= len(children) // 2 <= 3 and len(children) % 2 == 0
+    for child in children:
+        b, _, mother = rows[child]
+        assert sum(p == mother for _, _, p in rows.values()) == 2
+        assert b == rows[mother][1] + 1 and b > 0
+        assert mother not in labels_present(labels[b]) and child not in labels_present(labels[b - 1])
+        m_mask, c_mask = labels[b - 1] == mother, labels[b] == child
+        spacing = np.array([0.2, 0.125, 0.125])
+        distance = np.linalg.norm((np.array(ndimage.center_of_mass(m_mask)) - ndimage.center_of_mass(c_mask)) * spacing)
+        extent = max((s.stop - s.start) * sp for s, sp in zip(ndimage.find_objects(m_mask.astype(np.uint8))[0], spacing))
+        assert distance < extent / 2 + 0.5, (child, distance, extent)  # within the mother's reach (um)
+        assert c_mask.sum() < m_mask.sum()  # daughters are smaller
+
+
+def test_nuclei_touch_in_some_frames_but_do_not_swallow_each_other(default_sequence):
+    _, labels, tracks = default_sequence
+    touching = [len(touching_pairs(l)) for l in labels]
+    assert sum(n > 0 for n in touching) >= 3, touching
+    for label in labels:  # each nucleus is one connected piece, never a sliver
+        for value, box in enumerate(ndimage.find_objects(label), start=1):
+            if box is not None:
+                assert ndimage.label(label[box] == value)[1] == 1
+                assert (label[box] == value).sum() > 100
+
+
+def test_z_is_coarser_than_x_and_y(default_sequence):
+    _, labels, _ = default_sequence
+    extents = np.array([[s.stop - s.start for s in box] for box in ndimage.find_objects(labels[0]) if box is not None])
+    z, y, x = extents.mean(axis=0)
+    assert z < 0.8 * y and z < 0.8 * x
+    assert 0.45 < z / ((y + x) / 2) < 0.8  # about vx / vz = 0.625: physically round, coarser in z
+
+
+def test_snr_in_the_stated_range_and_measures_noise(default_sequence):
+    images, labels, _ = default_sequence
+    values = [snr(i, l) for i, l in zip(images, labels)]
+    assert all(SNR_RANGE[0] <= v <= SNR_RANGE[1] for v in values), values
+    cleaner = generate_sequence(replace(SynthConfig(frames=1), photons=180.0, background=100.0, read_noise=8.0), seed=0)
+    assert snr(cleaner[0][0], cleaner[1][0]) > 1.7 * values[0]  # 4x the photons: about 2x the SNR
+    flat = np.full((8, 16, 16), 100, np.uint16)
+    flat[2:6, 4:12, 4:12] = 110                          # the nucleus
+    flat[0, 0, ::2] = 99                                 # 8 darker background voxels
+    mask = (flat == 110).astype(np.uint16)
+    # by hand: 3 voxels around the nucleus cover every z, y and x in 1..14, leaving 8*16*16 - 8*14*14 = 480
+    # background voxels, 8 of them at 99: mean 100 - p, std sqrt(p (1 - p)) with p = 8 / 480
+    p = 8 / 480
+    assert snr(flat, mask) == pytest.approx((110 - (100 - p)) / np.sqrt(p * (1 - p)))
+
+
+def test_generated_gt_passes_the_ctc_rules_and_a_broken_copy_fails(small_set, tmp_path):
+    for seq in ("01", "02"):
+        check_track_folder(small_set / f"{seq}_GT" / "TRA")
+    _, labels, tracks = generate_sequence(SMALL, sequence_seed(3, "01"))
+    assert lineage_problems(tracks, present(labels)) == []
+
+    child = tracks[tracks[:, 3] > 0][0]
+    early = tracks.copy()
+    early[early[:, 0] == child[0], 1] -= 1  # the daughter begins while the mother still lives
+    problems = lineage_problems(early, present(labels))
+    assert any("not before its child" in p for p in problems) and any("absent" in p for p in problems)
+
+    holed = [l.copy() for l in labels]
+    holed[2][holed[2] == tracks[0, 0]] = 0  # a track vanishes for one frame
+    assert any(f"label {tracks[0, 0]} " in p and "absent" in p for p in lineage_problems(tracks, present(holed)))
+
+    broken = tmp_path / "TRA"
+    shutil.copytree(small_set / "01_GT" / "TRA", broken)
+    (broken / "man_track.txt").write_text((broken / "man_track.txt").read_text().replace(f"{child[0]} {child[1]}", f"{child[0]} 0", 1))
+    with pytest.raises(CTCFormatError, match="man_track.txt"):
+        check_track_folder(broken)
+
+
+def test_py_ctcmetrics_scores_gt_against_itself_as_perfect(small_set, tmp_path):
+    pytest.importorskip("ctc_metrics")
+    from ctc_metrics import evaluate_sequence, validate_sequence
+    seq = Sequence(small_set, "01")
+    res = tmp_path / "01_RES"
+    with ResultFolder(res, n_frames=len(seq)) as out:
+        for t in seq.frames:
+            out.write_mask(t, seq.tra(t))
+        out.write_tracks(seq.tracks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # py-ctcmetrics reports invalid results as warnings
+        assert validate_sequence(str(res), threads=1)["Valid"] == 1
+        scores = evaluate_sequence(str(res), str(small_set / "01_GT"), metrics=["Valid", "SEG", "DET", "TRA"], threads=1)
+    assert scores["Valid"] == 1
+    assert scores["SEG"] == pytest.approx(1.0) and scores["DET"] == pytest.approx(1.0) and scores["TRA"] == pytest.approx(1.0)
+
+
+def test_round_trip_disk_equals_generated_arrays_and_result_folder(small_set, tmp_path):
+    meta = json.loads((small_set / "synth.json").read_text())
+    assert meta["seed"] == 3 and meta["config"]["shape"] == [16, 64, 64] and set(meta["sequences"]) == {"01", "02"}
+    generated = {}
+    for name in ("01", "02"):
+        images, labels, tracks = generate_sequence(SMALL, sequence_seed(3, name))
+        generated[name] = labels
+        seq = Sequence(small_set, name)
+        assert seq.frames == list(range(SMALL.frames)) and seq.shape == SMALL.shape
+        assert meta["sequences"][name]["seed"] == sequence_seed(3, name)
+        np.testing.assert_array_equal(seq.tracks, tracks)
+        for t in seq.frames:
+            np.testing.assert_array_equal(seq.image(t), images[t])
+            np.testing.assert_array_equal(seq.seg(t), labels[t])
+            np.testing.assert_array_equal(seq.tra(t), labels[t])
+    assert not np.array_equal(generated["01"][0], generated["02"][0])
+
+    with ResultFolder(tmp_path / "01_RES", n_frames=SMALL.frames) as res:
+        for t, mask in enumerate(generated["01"]):
+            res.write_mask(t, mask)
+        res.write_tracks(Sequence(small_set, "01").tracks)
+    files = list_frames(tmp_path / "01_RES", "mask")
+    assert list(files) == list(range(SMALL.frames))
+    for t, path in files.items():
+        np.testing.assert_array_equal(read_labels(path), generated["01"][t])
+    check_track_folder(tmp_path / "01_RES", kind="mask", track_name="res_track.txt")
+
+
+def test_interrupted_write_leaves_no_data_set(tmp_path, monkeypatch):
+    calls = []
+
+    def failing_write(path, array, voxel_size=None):
+        calls.append(path)
+        if len(calls) == 7:
+            raise OSError("disk full")
+        real_write(path, array, voxel_size)
+
+    real_write = synthetic.write_tiff
+    monkeypatch.setattr(synthetic, "write_tiff", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        write_dataset(tmp_path / "set", SMALL)
+    assert len(calls) == 7
+    assert list(tmp_path.iterdir()) == []  # neither the set nor a hidden temporary folder
+
+
+def test_cli_writes_a_set_and_refuses_a_non_empty_folder(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main.main(["synth", "--out", str(out), "--frames", "3", "--shape", "16,48,48", "--seed", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "divisions" in printed and " s" in printed
+    for name in ("01", "02"):
+        seq = Sequence(out, name)
+        assert seq.frames == [0, 1, 2] and seq.shape == (16, 48, 48)
+        check_track_folder(out / f"{name}_GT" / "TRA")
+    assert main.main(["synth", "--out", str(out), "--frames", "3", "--shape", "16,48,48"]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "--overwrite" in err
+    assert json.loads((out / "synth.json").read_text())["seed"] == 2  # untouched
+    assert main.main(["synth", "--out", str(out), "--frames", "3", "--shape", "16,48,48", "--overwrite"]) == 0
+    assert json.loads((out / "synth.json").read_text())["seed"] == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["cli"]
+
+
+def test_cli_writes_a_2d_set_and_rejects_bad_settings(tmp_path, capsys):
+    out = tmp_path / "flat"
+    assert main.main(["synth", "--out", str(out), "--frames", "4", "--shape", "64,64"]) == 0
+    seq = Sequence(out, "01")
+    assert seq.ndim == 2 and seq.shape == (64, 64) and len(seq) == 4
+    check_track_folder(out / "01_GT" / "TRA", ndim=2)
+    assert labels_present(seq.tra(0)).size >= 2
+    capsys.readouterr()
+    assert main.main(["synth", "--out", str(tmp_path / "x"), "--shape", "4,64,64"]) == 2
+    assert "too small" in capsys.readouterr().err
+    assert main.main(["synth", "--out", str(tmp_path / "y"), "--frames", "0"]) == 2
+    assert "frames" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    with pytest.raises(UserError, match="seed"):
+        write_dataset(tmp_path / "z", SMALL, seed=-1)
+
+
+def test_default_dataset_is_generated_once_and_regenerated_when_the_config_changes(tmp_path, capsys):
+    cfg = replace(SMALL, frames=2)
+    root = ensure_default_dataset(tmp_path / "synth", cfg, seed=1)
+    stamp = (root / "01" / "t000.tif").stat().st_mtime_ns
+    assert "generating" in capsys.readouterr().out
+    assert ensure_default_dataset(tmp_path / "synth", cfg, seed=1) == root
+    assert (root / "01" / "t000.tif").stat().st_mtime_ns == stamp and capsys.readouterr().out == ""
+    ensure_default_dataset(tmp_path / "synth", replace(cfg, frames=3), seed=1)
+    assert len(Sequence(root, "01")) == 3
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("my data")
+    with pytest.raises(CTCFormatError, match="not a synthetic data set"):
+        ensure_default_dataset(foreign, cfg)
+    assert (foreign / "notes.txt").read_text() == "my data"

@@ -1,0 +1,173 @@
+"""Training: a tiny run end to end, kill -9 and resume, DDP with two CPU processes, and bad input."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import main
+import training
+from dataset import check_track_folder
+from dataset.synthetic import SynthConfig, write_dataset
+from training import TrainConfig
+from utils import load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_UNET = dict(features=(4, 8, 16), strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "set"
+    return write_dataset(root, SynthConfig(shape=(8, 32, 32), frames=3, radius_xy=(5.0, 7.0)), seed=3)
+
+
+def tiny(data, out, **kw) -> TrainConfig:
+    cfg = TrainConfig(model="unet", model_args=TINY_UNET, crop_size=(8, 32, 32), batch_size=2, epochs=2,
+                      steps_per_epoch=2, val_every=1, val_frames=1, tune_frames=1, num_workers=0, data=str(data),
+                      out=str(out), device="cpu")
+    return replace(cfg, **kw)
+
+
+def test_tiny_run_writes_checkpoints_history_and_a_valid_ctc_result(data, tmp_path):
+    scores = training.train(tiny(data, tmp_path / "run"))
+    run = tmp_path / "run"
+    for name in ("last.pt", "best.pt", "history.csv", "config.json", "scores.json", "figures/curves.png",
+                 "figures/validation.png"):
+        assert (run / name).is_file(), name
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and all(float(r["val_seg"]) >= 0 for r in rows)
+    state = load_checkpoint(run / "best.pt")  # weights_only=True inside
+    assert state["model_name"] == "unet" and state["epoch"] in (1, 2) and "post" in state
+    check_track_folder(run / "02_RES", kind="mask", track_name="res_track.txt")
+    assert 0 <= scores["SEG"] <= 1 and 0 <= scores["TRA"] <= 1 and "DET" in scores
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    f = [training.lr_factor(s, 10, 100) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[9:], f[10:])) and f[-1] < 0.01
+
+
+def test_killed_run_resumes_at_the_right_epoch(data, tmp_path, capsys):
+    """kill -9 part-way, --resume, and the run ends at the configured epoch with a loadable best checkpoint."""
+    run = tmp_path / "run"
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import training, tests.test_training as t; "
+              f"from pathlib import Path; training.train(t.tiny(Path({str(data)!r}), Path({str(run)!r}), epochs=40, "
+              f"final_predict=False, val_every=2))")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if (run / "last.pt").exists() and load_checkpoint(run / "last.pt")["epoch"] >= 3:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_at = load_checkpoint(run / "last.pt")["epoch"]
+    assert 3 <= killed_at < 40
+    (run / ".last.pt.junk.part").write_bytes(b"half a checkpoint")  # a save interrupted by the kill
+    code = main.main(["--model", "unet", "--out", str(run), "--resume", "--data", str(data), "--epochs", "6",
+                      "--device", "cpu", "--crop-size", "8,32,32"])
+    # the train script's own model is bigger than the one in last.pt: resume must refuse, not mix them
+    assert code == 2 and "differs from the configured one" in capsys.readouterr().err
+    cfg = tiny(data, run, epochs=max(6, killed_at + 2), final_predict=False, val_every=2)
+    training.train(cfg, resume="last")
+    last = load_checkpoint(run / "last.pt")
+    assert last["epoch"] == cfg.epochs
+    assert [row["epoch"] for row in last["history"]] == list(range(1, cfg.epochs + 1))
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] <= cfg.epochs and best["best_seg"] >= 0
+
+
+def test_resume_is_exact(data, tmp_path):
+    """Resuming from epoch 1 gives the same weights at epoch 2 as an uninterrupted run."""
+    a = tiny(data, tmp_path / "a", final_predict=False, val_every=5)
+    training.train(a)
+    b = replace(a, out=str(tmp_path / "b"), epochs=1)
+    training.train(b)
+    training.train(replace(b, epochs=2), resume="last")
+    wa, wb = load_checkpoint(tmp_path / "a" / "last.pt")["model"], load_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_ddp_two_cpu_processes(data, tmp_path):
+    run = tmp_path / "ddp"
+    script = tmp_path / "ddp_train.py"
+    script.write_text(f"import sys; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+                      "import training, test_training as t\nfrom pathlib import Path\n"
+                      f"training.train(t.tiny(Path({str(data)!r}), Path({str(run)!r}), final_predict=False))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+                           str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_checkpoint(run / "last.pt")
+    assert state["epoch"] == 2
+    assert not any(k.startswith("module.") for k in state["model"])  # saved unwrapped, loadable without DDP
+    assert len(list(csv.DictReader(open(run / "history.csv")))) == 2  # rank 0 alone logs
+
+
+# ---------------------------------------------------------------------------- bad input
+def cli(argv, capsys):
+    code = main.main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_data_that_is_not_a_ctc_layout(tmp_path, capsys):
+    (tmp_path / "stuff").mkdir()
+    code, err = cli(["--model", "unet", "--data", str(tmp_path), "--device", "cpu"], capsys)
+    assert code == 2 and "01: sequence folder not found" in err
+
+
+def test_training_sequence_without_gt(data, tmp_path, capsys):
+    root = tmp_path / "nogt"
+    root.mkdir()
+    for seq in ("01", "02"):
+        os.symlink(data / seq, root / seq)
+    code, err = cli(["--model", "unet", "--data", str(root), "--device", "cpu", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "01_GT" in err and "no ground truth" in err
+
+
+def test_crop_size_the_model_cannot_take(data, tmp_path, capsys):
+    code, err = cli(["--model", "vit_unet", "--data", str(data), "--device", "cpu", "--crop-size", "30,64,64",
+                     "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "crop size (30, 64, 64)" in err and "multiple of" in err
+
+
+def test_resume_with_another_models_checkpoint_or_a_corrupt_file(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    save_checkpoint(run / "last.pt", {"model_name": "swinunetr"})
+    code, err = cli(["--model", "unet", "--data", str(data), "--out", str(run), "--resume", "--device", "cpu"], capsys)
+    assert code == 2 and "checkpoint of model 'swinunetr', not 'unet'" in err
+    (run / "last.pt").write_bytes(b"\x80\x02garbage")
+    code, err = cli(["--model", "unet", "--data", str(data), "--out", str(run), "--resume", "--device", "cpu"], capsys)
+    assert code == 2 and "last.pt: not a readable checkpoint" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_gpu(data, capsys):
+    code, err = cli(["--model", "unet", "--data", str(data), "--device", "cuda"], capsys)
+    assert code == 2 and "no CUDA GPU" in err
+
+
+def test_non_finite_losses_stop_the_run_without_saving_a_nan_model(data, tmp_path, monkeypatch):
+    import losses
+    real = losses.combined_loss
+
+    def poisoned(*a, **k):
+        loss, parts = real(*a, **k)
+        return loss * float("nan"), parts
+
+    monkeypatch.setattr(training, "combined_loss", poisoned)
+    with pytest.raises(main.UserError, match="non-finite losses in a row"):
+        training.train(tiny(data, tmp_path / "nan", max_bad_steps=2))
+    assert not (tmp_path / "nan" / "best.pt").exists()
