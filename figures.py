@@ -1,0 +1,198 @@
+"""PNG figures a person looks at: per-frame projections with track labels, and the lineage tree.
+
+matplotlib with the Agg canvas (no display, no pyplot state); every PNG is written to a temporary
+file and renamed, and `FigureFolder` makes a whole folder of them appear only when complete.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib import patheffects
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import hsv_to_rgb
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from errors import UserError
+
+
+def label_colors(labels: np.ndarray) -> np.ndarray:
+    """A bright RGB colour per label (golden-ratio hues: neighbouring labels differ), shape labels.shape + (3,)."""
+    labels = np.asarray(labels, dtype=np.float64)
+    hsv = np.stack([(labels * 0.618034) % 1.0, np.full_like(labels, 0.85), np.ones_like(labels)], axis=-1)
+    return hsv_to_rgb(hsv)
+
+
+def outlines(labels: np.ndarray) -> np.ndarray:
+    """Pixels of a 2D label image that belong to an object and touch a different label (4-neighbours)."""
+    padded = np.pad(labels, 1, mode="edge")
+    centre = padded[1:-1, 1:-1]
+    edge = np.zeros(labels.shape, dtype=bool)
+    for shifted in (padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]):
+        edge |= shifted != centre
+    return edge & (labels > 0)
+
+
+def _save(fig: Figure, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        FigureCanvasAgg(fig)
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _normalise(image: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(image, (1.0, 99.8))
+    return np.clip((image.astype(np.float64) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+
+
+def save_projection(path: str | Path, image: np.ndarray | None, labels: np.ndarray, title: str | None = None) -> None:
+    """Maximum projection over z of `image` (grey) with the outline of every instance of `labels`
+    (track labels, same shape) and its label number at its centroid. image=None: the masks alone."""
+    labels = np.asarray(labels)
+    flat = labels.max(axis=0) if labels.ndim == 3 else labels
+    if image is None:
+        grey = (flat > 0) * 0.3
+    else:
+        if image.shape != labels.shape:
+            raise UserError(f"{path}: image shape {image.shape} differs from labels shape {labels.shape}")
+        grey = _normalise(image.max(axis=0) if image.ndim == 3 else image)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    edges = outlines(flat)
+    rgb[edges] = label_colors(flat[edges])
+
+    h, w = flat.shape
+    fig = Figure(figsize=(7.0, 7.0 * h / w + 0.4), dpi=110)
+    ax = fig.add_axes((0, 0, 1, 7.0 * h / w / (7.0 * h / w + 0.4)))
+    ax.imshow(rgb, interpolation="nearest")
+    ax.set_axis_off()
+    fg = np.flatnonzero(flat)
+    values = flat.ravel()[fg]
+    present = np.zeros(0, dtype=np.int64)
+    if values.size:
+        count = np.bincount(values)
+        present = np.flatnonzero(count)
+        ys, xs = np.unravel_index(fg, flat.shape)
+        cy = np.bincount(values, weights=ys)[present] / count[present]
+        cx = np.bincount(values, weights=xs)[present] / count[present]
+        stroke = [patheffects.withStroke(linewidth=2, foreground="black")]
+        for label, x, y in zip(present.tolist(), cx, cy):
+            ax.text(x, y, str(label), color="white", fontsize=7, ha="center", va="center", path_effects=stroke)
+    fig.suptitle(f"{title or ''}  ({present.size} objects)".strip(), fontsize=10, y=0.995)
+    _save(fig, path)
+
+
+def _tree_layout(tracks: np.ndarray) -> tuple[dict[int, float], dict[int, list[int]], list[int]]:
+    """y position of each track: leaves on consecutive rows, a parent midway between its children;
+    trees one after another in order of their root's label. Returns (y, children, roots)."""
+    labels = set(tracks[:, 0].tolist())
+    children: dict[int, list[int]] = {}
+    for l, _, _, p in tracks.tolist():
+        if p in labels:
+            children.setdefault(p, []).append(l)
+    roots = [l for l, _, _, p in tracks.tolist() if p not in labels]
+    y: dict[int, float] = {}
+    row = 0
+    for root in sorted(roots):
+        stack = [(root, False)]
+        while stack:  # iterative post-order: children placed before their parent
+            node, done = stack.pop()
+            kids = sorted(children.get(node, []))
+            if done or not kids:
+                if kids:
+                    y[node] = float(np.mean([y[k] for k in kids]))
+                else:
+                    y[node] = float(row)
+                    row += 1
+                continue
+            stack.append((node, True))
+            stack.extend((k, False) for k in reversed(kids))
+    return y, children, roots
+
+
+def save_lineage_tree(path: str | Path, tracks, title: str | None = None) -> None:
+    """Lineage tree of track rows (L, B, E, P): time on x, one horizontal line per track, a vertical
+    connector from each mother to her daughters (dotted: a track continued after a gap), one colour per tree."""
+    tracks = np.asarray(tracks, dtype=np.int64).reshape(-1, 4)
+    y, children, roots = _tree_layout(tracks)
+    rows = max(len(set(y.values())), 1)
+    fig = Figure(figsize=(9.0, min(2.0 + 0.16 * rows, 60.0)), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    span = {l: (b, e) for l, b, e, _ in tracks.tolist()}
+    root_of = {}
+    for root in roots:
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            root_of[node] = root
+            stack.extend(children.get(node, []))
+    show_text = len(tracks) <= 300
+    for l, (b, e) in span.items():
+        colour = label_colors(np.array(root_of[l]))
+        ax.plot([b, e], [y[l], y[l]], color=colour, linewidth=1.6, solid_capstyle="butt")
+        if b == e:
+            ax.plot([b], [y[l]], marker="o", markersize=2.5, color=colour)
+        if show_text:
+            ax.text(b, y[l] - 0.15, str(l), fontsize=6, color="black", ha="left", va="bottom")
+        for child in children.get(l, []):
+            cb = span[child][0]
+            style = ":" if len(children[l]) == 1 else "-"
+            ax.plot([e, e, cb], [y[l], y[child], y[child]], color=colour, linewidth=0.9, linestyle=style)
+    if not len(tracks):
+        ax.text(0.5, 0.5, "no tracks", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("frame")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_yticks([])
+    ax.invert_yaxis()
+    ax.set_title(title or f"lineage: {len(tracks)} tracks, {sum(len(c) >= 2 for c in children.values())} divisions", fontsize=10)
+    ax.grid(axis="x", linewidth=0.3, alpha=0.5)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+class FigureFolder:
+    """A folder of figures that appears only when complete (written in a hidden sibling, then renamed).
+
+        with FigureFolder(out_figures, overwrite=True) as folder:
+            save_projection(folder / "projection_000.png", image, labels)
+    """
+
+    def __init__(self, path: str | Path, overwrite: bool = False):
+        self.path = Path(path)
+        self.overwrite = overwrite
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        check_free(self.path, self.overwrite)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.path.exists():
+            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+            os.replace(self.path, old)
+            os.replace(self.tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.path)
+
+
+def check_free(path: str | Path, overwrite: bool) -> None:
+    """Refuse to replace a non-empty folder unless `overwrite`."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise UserError(f"{path}: figures folder is not empty (use --overwrite to replace it)")
