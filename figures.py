@@ -1,4 +1,5 @@
-"""PNG figures a person looks at: per-frame projections with track labels, and the lineage tree.
+"""PNG figures a person looks at: per-frame projections with track labels, the lineage tree, and
+the training curves and prediction panel of a training run.
 
 matplotlib with the Agg canvas (no display, no pyplot state); every PNG is written to a temporary
 file and renamed, and `FigureFolder` makes a whole folder of them appear only when complete.
@@ -196,3 +197,48 @@ def check_free(path: str | Path, overwrite: bool) -> None:
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
         raise UserError(f"{path}: figures folder is not empty (use --overwrite to replace it)")
+
+
+# --------------------------------------------------------------------------- training
+def save_training_curves(path, history: list[dict]) -> None:
+    """Loss terms per epoch (left) and validation SEG (right) of a training run."""
+    epochs = [row["epoch"] for row in history]
+    ax_loss, ax_seg = Figure(figsize=(10, 3.6)).subplots(1, 2)
+    fig = ax_loss.figure
+    for key in ("loss", "seg_ce", "seg_dice", "marker_bce", "marker_dice"):
+        if any(key in row for row in history):
+            ax_loss.plot(epochs, [row.get(key, np.nan) for row in history], label=key, lw=2 if key == "loss" else 1)
+    ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="loss")
+    ax_loss.legend(fontsize=8)
+    val = [(row["epoch"], row["val_seg"]) for row in history if "val_seg" in row]
+    if val:
+        ax_seg.plot(*zip(*val), "o-", color="tab:green")
+    ax_seg.set(xlabel="epoch", ylabel="SEG", ylim=(0, 1), title="validation SEG")
+    ax_seg.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def save_prediction_panel(path, image: np.ndarray, gt, labels: np.ndarray, title: str = "") -> None:
+    """Image, ground truth and prediction side by side, at the middle z slice (3D) or as is (2D)."""
+    if isinstance(gt, dict):  # SEG given as slices: show the first annotated one
+        z = sorted(gt)[0]
+        gt_slice = gt[z]
+    else:
+        z = gt.shape[0] // 2 if gt.ndim == 3 else None
+        gt_slice = gt[z] if z is not None else gt
+    pick = (lambda a: a[z]) if z is not None else (lambda a: a)
+    axes = Figure(figsize=(11, 4)).subplots(1, 3)
+    fig = axes[0].figure
+    axes[0].imshow(pick(image), cmap="gray")
+    for ax, lab, name in ((axes[1], gt_slice, "ground truth"), (axes[2], pick(labels), "prediction")):
+        ax.imshow(pick(image), cmap="gray")
+        ax.imshow(np.ma.masked_equal(lab % 20, 0) if lab.any() else np.ma.masked_all(lab.shape), cmap="tab20",
+                  alpha=0.5, interpolation="nearest", vmin=0, vmax=19)
+        ax.set_title(f"{name} ({len(np.unique(lab)) - 1} objects)")
+    axes[0].set_title("image" + (f", z={z}" if z is not None else ""))
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
