@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import tracking
 from dataset import ResultFolder, Sequence
 from dataset3D import normalize
 from errors import UserError
+from figures import FigureFolder, check_free, save_lineage_tree, save_projection
 from inference import PostParams, instances  # noqa: F401  (re-exported: the post-processing of one frame)
 
 
@@ -53,29 +55,35 @@ def tune(model, seq: Sequence, frames, roi_size, device, amp: bool, overlap: flo
 
 def predict_sequence(model, seq: Sequence, out_dir, post: PostParams, roi_size, device, amp: bool = False,
                      overlap: float = 0.25, overwrite: bool = False, figures_dir=None, progress: bool = True) -> Path:
-    """Segment every frame, track, and write the CTC result folder atomically.
+    """Segment every frame, track, and write the CTC result folder atomically (and PNGs to figures_dir).
 
     Instance masks wait in a temporary folder between the two passes of the tracker (link, then
     relabel), so memory holds one frame at a time whatever the sequence length.
     """
     out_dir = Path(out_dir)
-    with ResultFolder(out_dir, n_frames=len(seq.frames), overwrite=overwrite) as result:
+    if figures_dir is not None:
+        check_free(figures_dir, overwrite)
+    with ResultFolder(out_dir, n_frames=len(seq.frames), overwrite=overwrite) as result, \
+            (FigureFolder(figures_dir, overwrite) if figures_dir else nullcontext()) as fig_dir:
         scratch = Path(tempfile.mkdtemp(prefix=".instances-", dir=out_dir.parent))
         try:
             def segmented():
-                for t in tqdm(seq.frames, desc=f"predicting {seq.image_dir.name}", disable=not progress):
+                for t in tqdm(seq.frames, desc=f"predicting {seq.image_dir.name}", unit="frame", disable=not progress):
                     labels = instances(*probabilities(model, seq.image(t), roi_size, device, amp, overlap), post)
                     np.save(scratch / f"{t}.npy", labels)
                     yield labels
 
-            lineage = tracking.link(segmented(), seq.voxel_size[: seq.ndim])
-            for i, t in enumerate(tqdm(seq.frames, desc="writing tracks", disable=not progress, leave=False)):
-                result.write_mask(t, tracking.relabel(np.load(scratch / f"{t}.npy"), lineage.luts[i]))
+            lineage = tracking.link(segmented(), seq.voxel_size, first_frame=seq.frames[0])
+            for i, t in enumerate(tqdm(seq.frames, desc="writing", unit="frame", disable=not progress, leave=False)):
+                mask = tracking.relabel(np.load(scratch / f"{t}.npy"), lineage.luts[i])
+                result.write_mask(t, mask)
+                if fig_dir is not None:
+                    save_projection(fig_dir / f"projection_{t:03d}.png", seq.image(t), mask, title=f"{seq.seq}: frame {t}")
             result.write_tracks(lineage.tracks)
+            if fig_dir is not None:
+                save_lineage_tree(fig_dir / "lineage.png", lineage.tracks, title=f"lineage of {seq.image_dir}")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    if figures_dir is not None:
-        tracking.write_figures(out_dir, figures_dir, seq)
     return out_dir
 
 
@@ -113,7 +121,7 @@ def predict_command(args) -> int:
             raise UserError(f"--tune needs ground truth: {seq.gt_dir} not found")
         post = tune(model, seq, seq.seg_files, roi, device, amp, 0.25)
     out = Path(args.out) if args.out else seq.root / f"{seq.seq}_RES"
-    figures_dir = out.with_name(out.name + "_figures") if args.figures else None
+    figures_dir = tracking.figures_dir_for(out) if args.figures else None
     predict_sequence(model, seq, out, post, roi, device, amp, overwrite=args.overwrite, figures_dir=figures_dir)
     print(f"wrote {out} ({len(seq.frames)} frames) with post-processing {asdict(post)}")
     if seq.has_gt and (seq.gt_dir / "TRA").is_dir():

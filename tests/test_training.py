@@ -107,7 +107,7 @@ def test_ddp_two_cpu_processes(data, tmp_path):
                       "import training, test_training as t\nfrom pathlib import Path\n"
                       f"training.train(t.tiny(Path({str(data)!r}), Path({str(run)!r}), final_predict=False))\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = load_checkpoint(run / "last.pt")
