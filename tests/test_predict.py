@@ -1,0 +1,142 @@
+"""Prediction: checkpoint + sequence → CTC result folder, through the CLI, and its bad input."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from torch import nn
+
+import main
+import predict
+from dataset import Sequence, check_track_folder, read_labels, read_tracks
+from dataset.synthetic import SynthConfig, write_dataset
+from inference import PostParams
+from models import build_model
+from utils import check_accuracy, save_checkpoint
+
+TINY_UNET = dict(features=(4, 8, 16), strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("p") / "set", SynthConfig(shape=(8, 32, 32), frames=3, radius_xy=(5.0, 7.0)), seed=5)
+
+
+def checkpoint(path, **config):
+    model = build_model("unet", **{**TINY_UNET, **config})
+    save_checkpoint(path, {"model_name": "unet", "model_config": model.config, "model": model.state_dict(),
+                           "crop_size": [8, 32, 32], "voxel_size": [0.125, 0.125, 0.2], "post": {}})
+    return path
+
+
+class Oracle(nn.Module):
+    """A 'model' that answers with the ground truth of the frame it is shown: ideal probabilities."""
+
+    def __init__(self, seg, marker):
+        super().__init__()
+        self.seg, self.marker = seg, marker
+        self.conv = nn.Conv3d(1, 1, 1)  # gives the predictor a device and an input channel count
+
+    def forward(self, x):
+        return self.seg.expand(x.shape[0], -1, -1, -1, -1), self.marker.expand(x.shape[0], -1, -1, -1, -1)
+
+
+def test_predict_cli_writes_a_valid_result_and_scores_it(data, tmp_path, capsys):
+    ckpt = checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "res"
+    assert main.main(["predict", "--checkpoint", str(ckpt), "--data", str(data), "--seq", "02", "--out", str(out),
+                      "--device", "cpu", "--figures"]) == 0
+    printed = capsys.readouterr().out
+    assert "SEG" in printed and "TRA" in printed
+    check_track_folder(out, kind="mask", track_name="res_track.txt")
+    assert sorted(p.name for p in out.glob("mask*.tif")) == ["mask000.tif", "mask001.tif", "mask002.tif"]
+    assert read_labels(out / "mask000.tif").shape == Sequence(data, "02").shape
+    figures = Path(str(out) + "_figures")
+    assert (figures / "lineage.png").is_file() and len(list(figures.glob("projection_*.png"))) == 3
+    # a second run refuses to overwrite, then replaces with --overwrite
+    assert main.main(["predict", "--checkpoint", str(ckpt), "--data", str(data), "--seq", "02", "--out", str(out),
+                      "--device", "cpu"]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_default_output_folder_is_next_to_the_sequence(data, tmp_path):
+    ckpt = checkpoint(tmp_path / "m.pt")
+    assert main.main(["predict", "--checkpoint", str(ckpt), "--data", str(data), "--seq", "01", "--device", "cpu",
+                      "--overwrite"]) == 0
+    assert (data / "01_RES" / "res_track.txt").is_file()
+
+
+def test_ideal_probabilities_give_perfect_scores(data, tmp_path):
+    """With the ground truth as its 'prediction', the whole pipeline (watershed, tracking) must score ~1."""
+    from dataset3D import marker_core, three_class
+    seq = Sequence(data, "02")
+    results = {}
+    for t in seq.frames:
+        lab = seq.seg(t)
+        seg = torch.from_numpy(np.eye(3, dtype=np.float32)[three_class(lab)]).permute(3, 0, 1, 2)[None] * 20 - 10
+        marker = torch.from_numpy(marker_core(lab, (0.2, 0.125, 0.125)).astype(np.float32))[None, None] * 20 - 10
+        results[t] = Oracle(seg, marker)
+
+    class PerFrame(nn.Module):  # switches to the oracle of the frame being predicted
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(1, 1, 1)
+            self.current = None
+
+        def forward(self, x):
+            return self.current(x)
+
+    model = PerFrame()
+    real_image = seq.image
+
+    def image(t):
+        model.current = results[t]
+        return real_image(t)
+
+    seq.image = image
+    out = predict.predict_sequence(model, seq, tmp_path / "res", PostParams(min_size=10), seq.shape, torch.device("cpu"),
+                                   progress=False)
+    scores = check_accuracy(out, seq.gt_dir)
+    assert scores["SEG"] > 0.95 and scores["DET"] > 0.99 and scores["TRA"] > 0.99
+
+
+def test_empty_frame_is_a_valid_result(data, tmp_path):
+    seq = Sequence(data, "01")
+    shape = seq.shape
+    background = torch.zeros(1, 3, *shape)
+    background[:, 0] = 10
+    model = Oracle(background, torch.full((1, 1, *shape), -10.0))
+    out = predict.predict_sequence(model, seq, tmp_path / "res", PostParams(), shape, torch.device("cpu"), progress=False)
+    for t in seq.frames:
+        assert not read_labels(out / f"mask{t:03d}.tif").any()
+    assert len(read_tracks(out / "res_track.txt")) == 0
+    check_track_folder(out, kind="mask", track_name="res_track.txt")
+
+
+def test_checkpoint_that_is_not_ours(data, tmp_path, capsys):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    code = main.main(["predict", "--checkpoint", str(foreign), "--data", str(data), "--device", "cpu"])
+    assert code == 2 and "foreign.pt: not a checkpoint of this project" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a zip file")
+    code = main.main(["predict", "--checkpoint", str(garbage), "--data", str(data), "--device", "cpu"])
+    assert code == 2 and "garbage.pt: not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_channel_count_mismatch(data, tmp_path, capsys):
+    ckpt = checkpoint(tmp_path / "two.pt", in_channels=2)
+    code = main.main(["predict", "--checkpoint", str(ckpt), "--data", str(data), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "expects 2 input channels" in err and "single-channel" in err
+
+
+def test_tune_needs_ground_truth(data, tmp_path, capsys):
+    root = tmp_path / "nogt"
+    (root / "02").mkdir(parents=True)
+    for f in (data / "02").glob("*.tif"):
+        tifffile.imwrite(root / "02" / f.name, tifffile.imread(f))
+    code = main.main(["predict", "--checkpoint", str(checkpoint(tmp_path / "m.pt")), "--data", str(root), "--tune",
+                      "--device", "cpu"])
+    assert code == 2 and "--tune needs ground truth" in capsys.readouterr().err
