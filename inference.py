@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from skimage.segmentation import watershed
+from tqdm import tqdm
 
+import metrics
 from errors import UserError
 
 #: Accumulators stay on a CUDA device only while they take less than this share of its free memory.
@@ -168,7 +170,6 @@ def sliding_window(predictor, volume, roi_size, overlap: float = 0.5, sw_batch_s
 
     batches = range(0, len(windows), sw_batch_size)
     if progress:
-        from tqdm import tqdm
         batches = tqdm(batches, desc="windows", unit="batch", leave=False)
     with torch.inference_mode():
         for first in batches:
@@ -177,6 +178,9 @@ def sliding_window(predictor, volume, roi_size, overlap: float = 0.5, sw_batch_s
             batch = torch.stack([vol[(slice(None), *c)] for c in crops]).to(device, non_blocking=True)
             seg, marker = (h.to(acc_device) for h in _forward(predictor, batch, mirror_axes, autocast))
             if seg_acc is None:
+                if seg.shape[2:] != roi_size or marker.shape[2:] != roi_size:
+                    raise ValueError(f"the predictor must keep the window size {roi_size}, got seg "
+                                     f"{tuple(seg.shape[2:])} and marker {tuple(marker.shape[2:])}")
                 seg_acc = torch.zeros((seg.shape[1], *padded), dtype=torch.float32, device=acc_device)
                 marker_acc = torch.zeros((marker.shape[1], *padded), dtype=torch.float32, device=acc_device)
             for i, crop in enumerate(crops):
@@ -199,7 +203,9 @@ def sliding_window(predictor, volume, roi_size, overlap: float = 0.5, sw_batch_s
 # ----------------------------------------------------------------------------- instances
 @dataclass(frozen=True)
 class PostParams:
-    """Thresholds of `instances`. Defaults tuned on synthetic SIM+-like frames (see tests/test_inference.py).
+    """Thresholds of `instances`. The defaults suit calibrated probabilities; on synthetic SIM+-like probability
+    maps (bench/inference.py's, smoothed and noisy) a grid over fg/marker threshold 0.4-0.6 and min_marker_size
+    1-50 found nothing better. `tune_postprocessing` (`main.py predict --tune`) fits them to a sequence's GT.
 
     fg_threshold: foreground where 1 - P(background) exceeds it.
     marker_threshold: seeds where the marker probability exceeds it (inside the foreground).
@@ -230,21 +236,27 @@ def _numpy(array) -> np.ndarray:
     return np.asarray(array, dtype=np.float32)
 
 
-def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Zero the labels of `labels` (in place) that cover fewer than min_size voxels."""
-    if min_size > 1 and labels.any():
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_size
-        small[0] = False
-        if small.any():
-            labels[small[labels]] = 0
-    return labels
-
-
 def _elevation(interior: np.ndarray, region: np.ndarray, kind: str, sampling) -> np.ndarray:
     if kind == "interior":
         return -interior
     return -ndimage.distance_transform_edt((interior > 0.5) & region, sampling=sampling)
+
+
+def _paste(target: np.ndarray, pieces: np.ndarray, free: np.ndarray, min_size: int, next_label: int) -> int:
+    """Write each piece of the label box `pieces` with at least min_size voxels into `target` as next_label,
+    next_label + 1, ..., its holes filled where `free` (outside the foreground); return the next unused label."""
+    sizes = np.bincount(pieces.ravel())
+    for piece, sub in enumerate(ndimage.find_objects(pieces), 1):
+        if sub is None or sizes[piece] < min_size:
+            continue
+        mine = pieces[sub] == piece
+        filled = ndimage.binary_fill_holes(mine)
+        filled &= mine | free[sub]
+        if next_label > np.iinfo(target.dtype).max:
+            raise ValueError(f"more than {np.iinfo(target.dtype).max} objects do not fit a {target.dtype} label image")
+        target[sub][filled] = next_label
+        next_label += 1
+    return next_label
 
 
 def instances(seg_prob, marker_prob, params: PostParams | None = None, voxel_size=None) -> np.ndarray:
@@ -252,11 +264,13 @@ def instances(seg_prob, marker_prob, params: PostParams | None = None, voxel_siz
     probabilities [1, *spatial] (numpy or torch).
 
     Foreground = 1 - P(background) > fg_threshold. Seeds = connected components of marker > marker_threshold
-    inside the foreground, small ones dropped. Each foreground component with one seed is one object; one with
-    several is split by a watershed from the seeds, computed only inside that component's bounding box;
-    one with none is kept whole if `keep_unmarked`. Objects under min_size voxels are removed, holes inside
-    each object filled, labels renumbered 1..N. voxel_size (x, y[, z], as the CTC states it) scales the
-    distance transform of elevation="distance"; default isotropic.
+    inside the foreground, those under min_marker_size voxels dropped. A foreground component with one seed
+    is one object; one with several is split by a watershed from the seeds on the elevation (see PostParams),
+    computed only inside that component's bounding box (pieces under min_size voxels go to their neighbours
+    by a second flood); one with none is kept whole if `keep_unmarked`. Components under min_size voxels
+    are dropped, holes inside each object filled, labels numbered 1..N in
+    raster order of their components. voxel_size (x, y[, z], as the CTC states it) scales the distance
+    transform of elevation="distance"; default isotropic.
     """
     p = params or PostParams()
     seg = _numpy(seg_prob)
@@ -264,65 +278,66 @@ def instances(seg_prob, marker_prob, params: PostParams | None = None, voxel_siz
     if seg.shape[0] != 3 or seg.shape[1:] != marker.shape:
         raise ValueError(f"expected seg_prob [3, *S] and marker_prob [1, *S], got {seg.shape} and "
                          f"{(1, *marker.shape)}")
+    if voxel_size is not None and len(voxel_size) != marker.ndim:
+        raise ValueError(f"voxel_size {tuple(voxel_size)} needs one value per axis of a {marker.ndim}D image")
     sampling = None if voxel_size is None else tuple(float(v) for v in reversed(voxel_size))
     interior = seg[2]
     foreground = seg[0] < 1 - p.fg_threshold
-    seeds = (marker > p.marker_threshold) & foreground
+    seeds = marker > p.marker_threshold
+    seeds &= foreground
     if p.marker_interior > 0:
         seeds &= interior > p.marker_interior
     markers, n_markers = ndimage.label(seeds)
-    markers = _remove_small(markers, p.min_marker_size)
+    components, n_components = ndimage.label(foreground)
 
-    components, _ = ndimage.label(foreground)
-    components = _remove_small(components, p.min_size)  # a smaller component cannot hold a big enough object
-    labels = np.zeros(foreground.shape, np.int32)
+    # which seeds are big enough, and the component each lies in: one pass over the seed voxels
+    seed_ids, seed_components = markers[seeds], components[seeds]
+    good = np.bincount(seed_ids, minlength=n_markers + 1) >= p.min_marker_size
+    good[0] = False
+    component_of = np.zeros(n_markers + 1, np.int64)
+    component_of[seed_ids] = seed_components
+    seeds_per_component = np.bincount(component_of[good], minlength=n_components + 1)
+    good_ids = np.flatnonzero(good)
+    seeds_by_component = good_ids[np.argsort(component_of[good_ids], kind="stable")]
+    first_seed = np.concatenate(([0], np.cumsum(seeds_per_component)))  # component c: [first_seed[c], [c + 1])
+    component_sizes = np.bincount(components[foreground], minlength=n_components + 1)
+    seed_index = np.zeros(n_markers + 1, np.int32)  # a seed's number within its component, 0 for dropped ones
+
+    labels = np.zeros(foreground.shape, np.uint16)
+    next_label = 1
     for comp_id, box in enumerate(ndimage.find_objects(components), 1):
-        if box is None:
+        if box is None or component_sizes[comp_id] < p.min_size:  # too small to hold an object
+            continue
+        n_seeds = seeds_per_component[comp_id]
+        if n_seeds == 0 and not p.keep_unmarked:
             continue
         region = components[box] == comp_id
-        seeds_here = np.where(region, markers[box], 0)
-        ids = np.unique(seeds_here)[1:]
-        target = labels[box]
-        if len(ids) == 0:
-            if p.keep_unmarked:
-                target[region] = n_markers + comp_id  # a label no seed uses
-        elif len(ids) == 1:
-            target[region] = ids[0]
+        if n_seeds <= 1:
+            pieces = region.view(np.uint8)
         else:
+            ids = seeds_by_component[first_seed[comp_id]:first_seed[comp_id + 1]]
+            seed_index[ids] = np.arange(1, len(ids) + 1)
+            seeds_here = seed_index[markers[box]]
+            seeds_here[~region] = 0
+            seed_index[ids] = 0
             surface = _elevation(interior[box], region, p.elevation, sampling)
-            target[region] = watershed(surface, seeds_here, mask=region)[region]
-
-    labels = _remove_small(labels, p.min_size)
-    for label_id, box in enumerate(ndimage.find_objects(labels), 1):
-        if box is not None:
-            target = labels[box]
-            target[ndimage.binary_fill_holes(target == label_id) & (target == 0)] = label_id
-    present = np.flatnonzero(np.bincount(labels.ravel()))
-    present = present[present > 0]
-    if len(present) > np.iinfo(np.uint16).max:
-        raise ValueError(f"{len(present)} objects do not fit a uint16 label image")
-    lut = np.zeros(labels.max() + 1, np.uint16)
-    lut[present] = np.arange(1, len(present) + 1, dtype=np.uint16)
-    return lut[labels]
+            pieces = watershed(surface, seeds_here, mask=region)
+            small = np.bincount(pieces.ravel()) < p.min_size
+            small[0] = False
+            if small.any():  # give too-small pieces to their neighbours: flood again from the others
+                pieces[small[pieces]] = 0
+                pieces = watershed(surface, pieces, mask=region) if pieces.any() else region.view(np.uint8)
+        next_label = _paste(labels[box], pieces, components[box] == 0, p.min_size, next_label)
+    return labels
 
 
 # ----------------------------------------------------------------------------- tuning
-def _seg_parts(pred: np.ndarray, gt: np.ndarray) -> tuple[float, int]:
-    """CTC SEG counts for one frame: (sum of Jaccard over GT objects, number of GT objects). A GT object R is
-    matched by the predicted S with |R ∩ S| > 0.5 |R| (at most one can be); unmatched objects score 0."""
-    gt = np.asarray(gt).astype(np.int64, copy=False)
-    pred = np.asarray(pred).astype(np.int64, copy=False)
-    gt_sizes = np.bincount(gt.ravel())
-    n_gt = int(np.count_nonzero(gt_sizes[1:]))
-    if n_gt == 0:
-        return 0.0, 0
-    pred_sizes = np.bincount(pred.ravel())
-    inside = gt > 0
-    pairs, overlap = np.unique(gt[inside] * len(pred_sizes) + pred[inside], return_counts=True)
-    r, s = np.divmod(pairs, len(pred_sizes))
-    hit = (s > 0) & (overlap > 0.5 * gt_sizes[r])
-    jaccard = overlap[hit] / (gt_sizes[r[hit]] + pred_sizes[s[hit]] - overlap[hit])
-    return float(jaccard.sum()), n_gt
+def _seg_parts(labels: np.ndarray, gt) -> tuple[float, int]:
+    """(sum of Jaccard indices, number of GT objects) of one frame; gt is a label volume or {z: 2D GT slice}."""
+    if isinstance(gt, dict):
+        parts = [metrics.seg_score(labels[z], np.asarray(plane)) for z, plane in gt.items()]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+    return metrics.seg_score(labels, np.asarray(gt))
 
 
 DEFAULT_GRID = {
@@ -335,10 +350,12 @@ def tune_postprocessing(prob_pairs, gt_labels_list, grid: dict | None = None,
                         base: PostParams | None = None) -> tuple[PostParams, float]:
     """Grid-search PostParams for the best SEG over frames whose probabilities are already predicted.
 
-    prob_pairs: [(seg_prob, marker_prob), ...]; gt_labels_list: the GT label images of the same frames.
-    grid: {PostParams field: candidate values} (default DEFAULT_GRID); fields not in it keep `base`'s values.
-    SEG is pooled over all GT objects of all frames, as the CTC does. Returns (best params, its SEG);
-    ties keep the earlier grid point.
+    prob_pairs: [(seg_prob, marker_prob), ...]; gt_labels_list: the GT of the same frames, each a label
+    volume or {z: 2D label slice} (CTC SEG ground truth given as slices).
+    grid: {PostParams field: candidate values} (default DEFAULT_GRID); fields not in it keep `base`'s values
+    (default PostParams()). `base` itself is tried first, so the result is never worse than it; ties keep
+    the earlier candidate. SEG is pooled over all GT objects of all frames, as the CTC does.
+    Returns (best params, its SEG).
     """
     prob_pairs, gt_labels_list = list(prob_pairs), list(gt_labels_list)
     if len(prob_pairs) != len(gt_labels_list) or not prob_pairs:
@@ -346,19 +363,19 @@ def tune_postprocessing(prob_pairs, gt_labels_list, grid: dict | None = None,
                          f"and {len(prob_pairs)}")
     grid = DEFAULT_GRID if grid is None else grid
     base = base or PostParams()
-    fields = {f.name for f in dataclasses.fields(PostParams)}
-    unknown = set(grid) - fields
+    unknown = set(grid) - {f.name for f in dataclasses.fields(PostParams)}
     if unknown:
         raise ValueError(f"unknown PostParams fields in grid: {sorted(unknown)}")
-    if sum(_seg_parts(g, g)[1] for g in gt_labels_list) == 0:
-        raise UserError("no ground-truth objects to tune the post-processing on")
+    candidates = [base] + [dataclasses.replace(base, **dict(zip(grid, values)))
+                           for values in itertools.product(*grid.values())]
     best, best_seg = base, -1.0
-    for values in itertools.product(*grid.values()):
-        params = dataclasses.replace(base, **dict(zip(grid, values)))
+    for params in candidates:
         total, count = 0.0, 0
         for (seg_prob, marker_prob), gt in zip(prob_pairs, gt_labels_list):
             jaccard, n = _seg_parts(instances(seg_prob, marker_prob, params), gt)
             total, count = total + jaccard, count + n
+        if count == 0:
+            raise UserError("no ground-truth objects to tune the post-processing on")
         if total / count > best_seg:
             best, best_seg = params, total / count
     return best, best_seg
