@@ -23,7 +23,7 @@ CONFIG = TrainConfig(
     ),
     crop_size=(32, 64, 64),       # training crop (Z, Y, X), a multiple of patch_size
     batch_size=2,                 # crops per step
-    epochs=20,                    # epochs of steps_per_epoch steps
+    epochs=16,                    # epochs of steps_per_epoch steps
     steps_per_epoch=50,           # steps per epoch
     lr=1e-3,                      # peak AdamW learning rate
     weight_decay=1e-4,            # AdamW weight decay
