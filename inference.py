@@ -332,17 +332,9 @@ def instances(seg_prob, marker_prob, params: PostParams | None = None, voxel_siz
 
 
 # ----------------------------------------------------------------------------- tuning
-def _seg_parts(labels: np.ndarray, gt) -> tuple[float, int]:
-    """(sum of Jaccard indices, number of GT objects) of one frame; gt is a label volume or {z: 2D GT slice}."""
-    if isinstance(gt, dict):
-        parts = [metrics.seg_score(labels[z], np.asarray(plane)) for z, plane in gt.items()]
-        return sum(p[0] for p in parts), sum(p[1] for p in parts)
-    return metrics.seg_score(labels, np.asarray(gt))
-
-
 DEFAULT_GRID = {
     "fg_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
-    "marker_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
+    "marker_threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
 }
 
 
@@ -372,7 +364,7 @@ def tune_postprocessing(prob_pairs, gt_labels_list, grid: dict | None = None,
     for params in candidates:
         total, count = 0.0, 0
         for (seg_prob, marker_prob), gt in zip(prob_pairs, gt_labels_list):
-            jaccard, n = _seg_parts(instances(seg_prob, marker_prob, params), gt)
+            jaccard, n = metrics.seg_score(instances(seg_prob, marker_prob, params), gt)
             total, count = total + jaccard, count + n
         if count == 0:
             raise UserError("no ground-truth objects to tune the post-processing on")

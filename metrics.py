@@ -141,14 +141,21 @@ def match_objects(gt: np.ndarray, res: np.ndarray) -> Matching:
     return Matching(g_values[1:], r_values[1:], g_sizes, r_sizes, matched, intersection, jaccard, hits)
 
 
-def seg_score(pred: np.ndarray, gt: np.ndarray) -> tuple[float, int]:
+def seg_score(pred: np.ndarray, gt) -> tuple[float, int]:
     """(sum of the Jaccard indices, number of reference objects) of one predicted label volume `pred`
-    against its reference `gt`; add these up over volumes and divide to get the SEG of a set."""
+    against its reference `gt`; add these up over volumes and divide to get the SEG of a set.
+
+    gt: a label volume, or {z: 2D label slice} where the SEG ground truth is given as slices (each
+    annotated slice is scored as its own image, as the challenge's SEG program does).
+    """
+    if isinstance(gt, dict):
+        parts = [seg_score(pred[z], np.asarray(plane)) for z, plane in gt.items()]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
     m = match_objects(gt, pred)
     return float(m.jaccard.sum()), int(m.gt_labels.size)
 
 
-def seg_measure(pred: np.ndarray, gt: np.ndarray) -> float:
+def seg_measure(pred: np.ndarray, gt) -> float:
     """SEG of one predicted label volume `pred` against its reference `gt`; NaN when `gt` has no object."""
     total, n = seg_score(pred, gt)
     return total / n if n else float("nan")

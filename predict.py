@@ -36,12 +36,6 @@ def probabilities(model, image: np.ndarray, roi_size, device, amp: bool = False,
     return seg.float().cpu().numpy(), marker.float().cpu().numpy()
 
 
-def seg_of(labels: np.ndarray, gt) -> float:
-    """SEG of one predicted label volume against its ground truth (full volume, or {z: slice})."""
-    from metrics import seg_measure
-    return seg_measure(labels, gt)
-
-
 def tune(model, seq: Sequence, frames, roi_size, device, amp: bool, overlap: float) -> PostParams:
     """Watershed thresholds that maximise SEG on `frames` of `seq` (predicted once, post-processing searched)."""
     pairs, gts = [], []

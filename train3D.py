@@ -21,7 +21,7 @@ CONFIG = TrainConfig(
     weight_decay=1e-4,            # AdamW weight decay
     warmup_epochs=1.0,            # linear warm-up, then cosine decay
     grad_clip=1.0,                # gradient norm clip
-    loss=LossWeights(seg_ce=1.0, seg_dice=1.0, marker_bce=1.0, marker_dice=1.0, boundary_weight=2.0),
+    loss=LossWeights(seg_ce=1.0, seg_dice=1.0, marker_bce=1.0, marker_dice=2.0, boundary_weight=2.0),
     augment=AugmentConfig(scale_prob=0.2, scale_range=0.15, gamma_range=0.3, noise_std=0.05),
     val_every=5,                  # validate every this many epochs
 )

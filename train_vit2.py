@@ -23,13 +23,13 @@ CONFIG = TrainConfig(
     ),
     crop_size=(32, 64, 64),       # training crop (Z, Y, X), a multiple of patch_size
     batch_size=2,                 # crops per step
-    epochs=16,                    # epochs of steps_per_epoch steps
+    epochs=18,                    # epochs of steps_per_epoch steps
     steps_per_epoch=50,           # steps per epoch
     lr=1e-3,                      # peak AdamW learning rate
     weight_decay=1e-4,            # AdamW weight decay
     warmup_epochs=1.0,            # linear warm-up, then cosine decay
     grad_clip=1.0,                # gradient norm clip
-    loss=LossWeights(seg_ce=1.0, seg_dice=1.0, marker_bce=1.0, marker_dice=1.0, boundary_weight=2.0),
+    loss=LossWeights(seg_ce=1.0, seg_dice=1.0, marker_bce=1.0, marker_dice=2.0, boundary_weight=2.0),
     augment=AugmentConfig(scale_prob=0.2, scale_range=0.15, gamma_range=0.3, noise_std=0.05),
     val_every=5,                  # validate every this many epochs
 )

@@ -35,6 +35,7 @@ from dataset import VOXEL_SIZE_SIM, Sequence
 from dataset3D import AugmentConfig, CropDataset, load_volumes
 from errors import UserError
 from losses import PARTS, LossWeights, combined_loss
+from metrics import seg_score
 from models import build_model
 from utils import load_checkpoint, rng_state, save_checkpoint, seed_everything, select_device, set_rng_state
 
@@ -55,7 +56,7 @@ class TrainConfig:
     loss: LossWeights = field(default_factory=LossWeights)         # weights of the loss terms
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # augmentation strengths
     fg_fraction: float = 0.67                # share of crops centred on a nucleus
-    core_fraction: float = 0.5               # marker target: distance-transform core of each nucleus
+    core_fraction: float = 0.35              # marker target: voxels at least this fraction of the way to the centre
     val_every: int = 5                       # validate every this many epochs (and after the last)
     val_frames: int = 2                      # validation frames scored per validation (evenly spaced)
     tune_frames: int = 3                     # training frames used to tune the watershed thresholds at the end
@@ -276,20 +277,22 @@ def run_epoch(net, loader, optimizer, scheduler, cfg: TrainConfig, device, amp: 
 
 
 def validate(model, seq: Sequence, cfg: TrainConfig, device, amp: bool, out: Path, epoch: int) -> float:
-    """Mean SEG on `val_frames` evenly spaced frames of the validation sequence (whole volumes)."""
+    """SEG, pooled over all reference objects as the CTC does, of `val_frames` evenly spaced frames of
+    the validation sequence (whole volumes)."""
     frames = [t for t in evenly_spaced(seq.seg_frames, cfg.val_frames)]
     post = predict.PostParams()
-    scores, panel = [], None
+    total, count, panel = 0.0, 0, None
     for t in frames:
         image = seq.image(t)
         probs = predict.probabilities(model, image, cfg.crop_size, device, amp, cfg.overlap)
         labels = predict.instances(*probs, post)
         gt = seq.seg(t)
-        scores.append(predict.seg_of(labels, gt))
+        jaccard, n = seg_score(labels, gt)
+        total, count = total + jaccard, count + n
         if panel is None:
             panel = (image, gt, labels)
     figures.save_prediction_panel(out / "figures" / "validation.png", *panel, title=f"epoch {epoch}, frame {frames[0]}")
-    return float(np.mean(scores))
+    return total / count if count else 0.0
 
 
 def evenly_spaced(items, n: int):

@@ -29,7 +29,7 @@ class Volume:
     foreground: np.ndarray = field(repr=False)  # flat indices of nucleus voxels, for biased crops
 
 
-def load_volumes(seq: Sequence, frames=None, core_fraction: float = 0.5, progress: bool = True) -> list[Volume]:
+def load_volumes(seq: Sequence, frames=None, core_fraction: float = 0.35, progress: bool = True) -> list[Volume]:
     """Read the frames with full SEG ground truth and compute their targets once."""
     available = seq.seg_files if seq.has_gt else {}
     if not available:

@@ -254,7 +254,7 @@ def test_seg_of_slice_ground_truth_counts_each_annotated_slice():
     gt_slice = np.zeros((4, 10), np.uint16)
     gt_slice[:, 0:4] = 1
     gt_slice[:, 6:10] = 2            # nothing predicted there: J = 0
-    total, n = inference._seg_parts(labels, {1: gt_slice, 2: gt_slice})
+    total, n = metrics.seg_score(labels, {1: gt_slice, 2: gt_slice})
     assert n == 4 and total == pytest.approx(16 / 20)
 
 
