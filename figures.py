@@ -18,6 +18,7 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from dataset.ctc import replace_folder
 from errors import UserError
 
 
@@ -183,13 +184,7 @@ class FigureFolder:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
-            os.replace(self.tmp, self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.path)
+        replace_folder(self.tmp, self.path)
 
 
 def check_free(path: str | Path, overwrite: bool) -> None:

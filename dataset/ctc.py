@@ -184,6 +184,17 @@ def write_tracks(path: str | Path, tracks) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def replace_folder(complete: Path, path: Path) -> None:
+    """Move the finished folder `complete` to `path`, replacing what is there with two renames."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(complete, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(complete, path)
+
+
 def frame_name(prefix: str, t: int, n_frames: int) -> str:
     """CTC file name of frame t: three digits, four when the sequence has 1000 frames or more."""
     digits = 4 if n_frames > 1000 else 3
@@ -234,13 +245,7 @@ class ResultFolder:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
-            os.replace(self.tmp, self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.path)
+        replace_folder(self.tmp, self.path)
 
 
 # ----------------------------------------------------------------------------- sequences

@@ -25,7 +25,6 @@ their square root.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -38,7 +37,7 @@ from scipy import ndimage
 
 from errors import UserError
 
-from .ctc import VOXEL_SIZE_SIM, CTCFormatError, frame_name, write_tiff, write_tracks
+from .ctc import VOXEL_SIZE_SIM, CTCFormatError, frame_name, replace_folder, write_tiff, write_tracks
 from .validate import labels_present, lineage_problems
 
 #: Bump when a change to the generator changes its output, so cached default sets are regenerated.
@@ -455,13 +454,7 @@ def write_dataset(out, cfg: SynthConfig | None = None, seed: int = 0, sequences=
         meta = {"generator": "dataset.synthetic", "version": GENERATOR_VERSION, "seed": seed,
                 "config": _jsonable(cfg), "sequences": summary, "seconds": round(time.perf_counter() - start, 2)}
         (tmp / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
     return out
