@@ -140,3 +140,13 @@ def test_tune_needs_ground_truth(data, tmp_path, capsys):
     code = main.main(["predict", "--checkpoint", str(checkpoint(tmp_path / "m.pt")), "--data", str(root), "--tune",
                       "--device", "cpu"])
     assert code == 2 and "--tune needs ground truth" in capsys.readouterr().err
+
+
+def test_tune_searches_thresholds_on_a_sequence_with_gt(data, tmp_path, capsys):
+    ckpt = checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "tuned"
+    assert main.main(["predict", "--checkpoint", str(ckpt), "--data", str(data), "--seq", "02", "--out", str(out),
+                      "--device", "cpu", "--tune"]) == 0
+    captured = capsys.readouterr()
+    assert "tuned post-processing on 3 frames" in captured.out + captured.err
+    check_track_folder(out, kind="mask", track_name="res_track.txt")

@@ -171,3 +171,13 @@ def test_non_finite_losses_stop_the_run_without_saving_a_nan_model(data, tmp_pat
     with pytest.raises(main.UserError, match="non-finite losses in a row"):
         training.train(tiny(data, tmp_path / "nan", max_bad_steps=2))
     assert not (tmp_path / "nan" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("script,model", [("train_vit2.py", "vit_unet"), ("train_swin.py", "swinunetr"),
+                                          ("train3D.py", "unet")])
+def test_each_train_script_runs_on_its_own_with_its_own_model(script, model, tmp_path):
+    """`python train3D.py --data X ...` is `main.py --model unet --data X ...`: bad data gives exit 2 and names it."""
+    proc = subprocess.run([sys.executable, str(ROOT / script), "--data", str(tmp_path / "missing"), "--device", "cpu"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "missing: data set folder not found" in proc.stderr
+    assert main.MODELS[model] == script.removesuffix(".py")
