@@ -127,7 +127,7 @@ def save_lineage_tree(path: str | Path, tracks, title: str | None = None) -> Non
     tracks = np.asarray(tracks, dtype=np.int64).reshape(-1, 4)
     y, children, roots = _tree_layout(tracks)
     rows = max(len(set(y.values())), 1)
-    fig = Figure(figsize=(9.0, min(2.0 + 0.16 * rows, 60.0)), dpi=110)
+    fig = Figure(figsize=(9.0, min(2.0 + 0.16 * rows, 60.0)), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     span = {l: (b, e) for l, b, e, _ in tracks.tolist()}
@@ -158,7 +158,6 @@ def save_lineage_tree(path: str | Path, tracks, title: str | None = None) -> Non
     ax.invert_yaxis()
     ax.set_title(title or f"lineage: {len(tracks)} tracks, {sum(len(c) >= 2 for c in children.values())} divisions", fontsize=10)
     ax.grid(axis="x", linewidth=0.3, alpha=0.5)
-    fig.tight_layout()
     _save(fig, path)
 
 

@@ -43,5 +43,5 @@ def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.nda
     """Per-volume percentile normalisation to about [0, 1] (float32): robust to hot pixels and to
     the brightness differences between sequences and microscopes."""
     image = np.asarray(image, np.float32)
-    lo, hi = np.percentile(image, [low, high])
-    return (image - lo) / max(float(hi - lo), 1e-6)
+    lo, hi = (float(v) for v in np.percentile(image, [low, high]))  # Python floats keep float32
+    return (image - lo) / max(hi - lo, 1e-6)
