@@ -6,7 +6,6 @@ file and renamed, and `FigureFolder` makes a whole folder of them appear only wh
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,7 +17,7 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from dataset.ctc import replace_folder
+from dataset.ctc import atomic_path, replace_folder
 from errors import UserError
 
 
@@ -40,16 +39,9 @@ def outlines(labels: np.ndarray) -> np.ndarray:
 
 
 def _save(fig: Figure, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        FigureCanvasAgg(fig)
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _normalise(image: np.ndarray) -> np.ndarray:

@@ -23,14 +23,12 @@ voxels gives |R|, |S| and every |R∩S|; the graph comparison then works on obje
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dataset.ctc import CTCFormatError, frame_gaps, frame_name, list_frames, list_seg_slices, read_labels, read_tracks
+from dataset.ctc import CTCFormatError, atomic_path, frame_gaps, frame_name, list_frames, list_seg_slices, read_labels, read_tracks
 from dataset.validate import check_lineage
 
 #: AOGM weights of the challenge.
@@ -333,15 +331,8 @@ def format_table(scores: dict) -> str:
 
 def _write_json(path: Path, data: dict) -> None:
     """Write JSON atomically: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def evaluate_command(args) -> int:

@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from tqdm import tqdm
 import figures
 import predict
 from dataset import VOXEL_SIZE_SIM, Sequence
+from dataset.ctc import atomic_path
 from dataset3D import AugmentConfig, CropDataset, load_volumes
 from errors import UserError
 from losses import PARTS, LossWeights, combined_loss
@@ -210,7 +211,7 @@ def _train(cfg: TrainConfig, resume: str | None, ddp: Distributed) -> dict:
             print(f"resumed {out} at epoch {start_epoch} (best validation SEG so far {best:.4f})")
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config_dict(cfg), indent=2))
+        write_json(out / "config.json", config_dict(cfg))
         print(f"training {cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on {device}"
               f"{f' x{ddp.world}' if ddp.world > 1 else ''}, {len(volumes)} training volumes, run folder {out}")
 
@@ -321,7 +322,7 @@ def final_report(cfg: TrainConfig, out: Path, val_seq: Sequence, train_seq: Sequ
     if val_seq.has_gt:
         scores.update(check_accuracy(res_dir, val_seq.gt_dir))
         print(f"\n{cfg.model} on {val_seq.image_dir} ({res_dir}):\n{format_table(scores)}")
-    (out / "scores.json").write_text(json.dumps(scores, indent=2, default=float))
+    write_json(out / "scores.json", scores)
     return scores
 
 
@@ -341,15 +342,18 @@ def checkpoint_state(model, optimizer, scheduler, cfg: TrainConfig, epoch: int, 
             "crop_size": list(cfg.crop_size), "voxel_size": list(cfg.voxel_size), "post": asdict(predict.PostParams())}
 
 
+def write_json(path: Path, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+
+
 def write_history(out: Path, history: list[dict]) -> None:
     """history.csv (one row per epoch) and the curves as PNG."""
     keys = list(dict.fromkeys(k for row in history for k in row))
-    tmp = out / ".history.csv.part"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out / "history.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, keys)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, out / "history.csv")
     figures.save_training_curves(out / "figures" / "curves.png", history)
 
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dataset.ctc import atomic_path
 from errors import UserError
 from metrics import check_accuracy  # noqa: F401  (the public face of metrics.py)
 
@@ -17,17 +17,10 @@ CHECKPOINT_FORMAT = "nuclei-ctc-checkpoint/1"
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """torch.save atomically: a kill during the save leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -142,11 +143,20 @@ def read_tracks(path: str | Path) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- writing
-def _atomic_target(path: Path):
+@contextmanager
+def atomic_path(path: str | Path):
+    """A temporary path beside `path` to write to; renamed to `path` when the block ends cleanly,
+    removed when it raises, so `path` is always either the old file or the complete new one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
-    return Path(tmp)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_tiff(path: str | Path, array: np.ndarray, voxel_size=None) -> None:
@@ -154,8 +164,6 @@ def write_tiff(path: str | Path, array: np.ndarray, voxel_size=None) -> None:
 
     voxel_size: optional (x, y, z) in micrometres, stored as ImageJ resolution and spacing.
     """
-    path = Path(path)
-    tmp = _atomic_target(path)
     kwargs = {}
     axes = "ZYX" if array.ndim == 3 else "YX"
     metadata = {"axes": axes}
@@ -165,23 +173,15 @@ def write_tiff(path: str | Path, array: np.ndarray, voxel_size=None) -> None:
         if array.ndim == 3:
             metadata["spacing"] = voxel_size[2]
     imagej = array.dtype in (np.uint8, np.uint16, np.float32) and array.ndim in (2, 3)
-    try:
+    with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, array, imagej=imagej, metadata=metadata if imagej else None, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_tracks(path: str | Path, tracks) -> None:
     """Write rows (L, B, E, P) atomically as a CTC track file."""
-    path = Path(path)
     tracks = np.asarray(tracks, dtype=np.int64).reshape(-1, 4)
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text("".join(f"{l} {b} {e} {p}\n" for l, b, e, p in tracks))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def replace_folder(complete: Path, path: Path) -> None:
