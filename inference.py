@@ -84,7 +84,8 @@ def _as_volume(volume, n_spatial: int) -> torch.Tensor:
     return tensor
 
 
-def _predictor_device(predictor, device) -> torch.device:
+def model_device(predictor, device=None) -> torch.device:
+    """`device` when given, else the device of the predictor's first parameter or buffer, else the CPU."""
     if device is not None:
         return torch.device(device)
     if isinstance(predictor, torch.nn.Module):
@@ -156,7 +157,7 @@ def sliding_window(predictor, volume, roi_size, overlap: float = 0.5, sw_batch_s
     starts = [window_starts(n, r, overlap) for n, r in zip(padded, roi_size)]
     windows = list(itertools.product(*starts))
 
-    device = _predictor_device(predictor, device)
+    device = model_device(predictor, device)
     n_voxels = int(np.prod(padded))
     acc_device = _accumulator_device(device, 5 * 4 * n_voxels)
     weight = gaussian_importance(roi_size, sigma_scale, device=acc_device)
@@ -339,7 +340,7 @@ DEFAULT_GRID = {
 
 
 def tune_postprocessing(prob_pairs, gt_labels_list, grid: dict | None = None,
-                        base: PostParams | None = None) -> tuple[PostParams, float]:
+                        base: PostParams | None = None, voxel_size=None) -> tuple[PostParams, float]:
     """Grid-search PostParams for the best SEG over frames whose probabilities are already predicted.
 
     prob_pairs: [(seg_prob, marker_prob), ...]; gt_labels_list: the GT of the same frames, each a label
@@ -347,7 +348,7 @@ def tune_postprocessing(prob_pairs, gt_labels_list, grid: dict | None = None,
     grid: {PostParams field: candidate values} (default DEFAULT_GRID); fields not in it keep `base`'s values
     (default PostParams()). `base` itself is tried first, so the result is never worse than it; ties keep
     the earlier candidate. SEG is pooled over all GT objects of all frames, as the CTC does.
-    Returns (best params, its SEG).
+    voxel_size is passed on to `instances`. Returns (best params, its SEG).
     """
     prob_pairs, gt_labels_list = list(prob_pairs), list(gt_labels_list)
     if len(prob_pairs) != len(gt_labels_list) or not prob_pairs:
@@ -364,7 +365,7 @@ def tune_postprocessing(prob_pairs, gt_labels_list, grid: dict | None = None,
     for params in candidates:
         total, count = 0.0, 0
         for (seg_prob, marker_prob), gt in zip(prob_pairs, gt_labels_list):
-            jaccard, n = metrics.seg_score(instances(seg_prob, marker_prob, params), gt)
+            jaccard, n = metrics.seg_score(instances(seg_prob, marker_prob, params, voxel_size), gt)
             total, count = total + jaccard, count + n
         if count == 0:
             raise UserError("no ground-truth objects to tune the post-processing on")

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from errors import UserError
+from tracking import TrackParams
 
 MODELS = {"vit_unet": "train_vit2", "swinunetr": "train_swin", "unet": "train3D"}
 COMMANDS = ("train", "synth", "predict", "track", "evaluate")
@@ -67,13 +68,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="result folder (default ROOT/<seq>_RES)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--tune", action="store_true", help="tune the watershed thresholds on this sequence's GT first")
+    p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the training run's)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average over all mirror flips (2^ndim x slower)")
+    p.add_argument("--window-batch", type=int, help="windows per forward pass (default 4)")
+    p.add_argument("--voxel-size", type=float, nargs="+", metavar="S",
+                   help="x y [z] in micrometres (default: the training data's, stored in the checkpoint)")
+    p.add_argument("--tune", action="store_true",
+                   help="tune the watershed thresholds on this sequence's GT first (writes <OUT>.postprocessing.json)")
+    p.add_argument("--post", metavar="JSON", help="use the thresholds of this post-processing record (from --tune)")
     p.add_argument("--figures", action="store_true", help="also write PNG projections and a lineage tree")
 
     p = sub.add_parser("track", help="track existing per-frame instance masks into CTC results")
     p.add_argument("--masks", required=True, help="folder of per-frame instance masks (*.tif, frame number in the name)")
     p.add_argument("--out", required=True)
     p.add_argument("--voxel-size", type=float, nargs="+", default=None, metavar="S", help="x y [z] in micrometres")
+    gates = TrackParams()
+    p.add_argument("--max-distance", type=float, metavar="UM",
+                   help=f"largest centroid move between frames for a link, µm (default {gates.max_distance})")
+    p.add_argument("--min-iou", type=float, metavar="F",
+                   help=f"pairs overlapping at least this (IoU, 0-1) link at any distance (default {gates.min_iou})")
+    p.add_argument("--division-distance", type=float, metavar="UM",
+                   help=f"largest mother-to-daughter centroid distance, µm (default {gates.division_distance})")
+    p.add_argument("--max-gap", type=int, metavar="FRAMES",
+                   help=f"most frames an object may be missing before its track continues (default {gates.max_gap})")
+    p.add_argument("--gap-distance", type=float, metavar="UM",
+                   help=f"largest centroid distance across a gap, µm (default {gates.gap_distance})")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--figures", action="store_true")
 
@@ -94,15 +113,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     if args.command == "train":
         import importlib
-        return importlib.import_module(MODELS[args.model]).main(args) or 0
+
+        from training import train_from_cli
+        return train_from_cli(importlib.import_module(MODELS[args.model]).CONFIG, args)
     if args.command == "synth":
         from dataset.synthetic import synth_command
         return synth_command(args)
     if args.command == "predict":
-        from predict import predict_command
+        from cli import predict_command
         return predict_command(args)
     if args.command == "track":
-        from tracking import track_command
+        from cli import track_command
         return track_command(args)
     if args.command == "evaluate":
         from metrics import evaluate_command

@@ -1,16 +1,25 @@
-"""From a trained model and a raw sequence to a CTC result: probabilities (sliding window), instances
-(marker-controlled watershed), tracks, and the result folder `maskNNN.tif` + `res_track.txt`.
+"""The Predictor: from raw frames to instances and to a CTC result, with every setting held once.
 
-The pieces live where their concern is: inference.py (sliding window, watershed), tracking.py
-(linking), dataset/ctc.py (the result folder). This module strings them together for one frame
-(`probabilities`, `instances`), for a sequence (`predict_sequence`) and for `main.py predict`.
+    predictor = Predictor.from_checkpoint("runs/vit_unet-.../best.pt", device="auto")   # no flags needed
+    seg, marker = predictor.probabilities(image)     # [3, *S] background/boundary/interior, [1, *S] seeds
+    labels = predictor.instances(image)              # uint16 instance mask of one frame
+    predictor.tune(seq, frames)                      # watershed thresholds from frames with ground truth
+    predictor.predict_sequence(seq, "ROOT/02_RES")   # every frame, tracked, as a CTC result folder
+
+The settings — model, window, overlap, mirroring (test-time augmentation), window batch, AMP, device,
+post-processing and voxel size — live on the object, as in nnU-Net's `nnUNetPredictor` and StarDist's
+model object; training's validation, its final report and `main.py predict` all build one, so a setting
+means the same thing everywhere. The pieces live where their concern is: inference.py (sliding window,
+watershed), results.py (link → relabel → result folder).
+
+Thresholds tuned for a checkpoint are kept as their own record, `<checkpoint stem>.postprocessing.json`
+beside it (as StarDist keeps `thresholds.json`), which `from_checkpoint` reads; the checkpoint itself is
+never rewritten.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
-from contextlib import nullcontext
-from dataclasses import asdict
+import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,106 +27,192 @@ import torch
 from tqdm import tqdm
 
 import inference
-import tracking
-from dataset import ResultFolder, Sequence
+from dataset import VOXEL_SIZE_SIM, Sequence
+from dataset.fileio import write_json
 from dataset3D import normalize
-from errors import UserError
-from figures import FigureFolder, check_free, save_lineage_tree, save_projection
-from inference import PostParams, instances  # noqa: F401  (re-exported: the post-processing of one frame)
+from errors import CheckpointError, ConfigError, UserError
+from inference import PostParams
+from results import write_tracked_result
+from tracking import TrackParams
+
+POST_RECORD = "nuclei-ctc-postprocessing/1"
 
 
-def probabilities(model, image: np.ndarray, roi_size, device, amp: bool = False, overlap: float = 0.25,
-                  sw_batch_size: int = 4, mirror: bool = False):
-    """(seg_prob [3, *S], marker_prob [1, *S]) numpy float32 of one raw frame, whole volume."""
-    model.eval()
-    volume = torch.from_numpy(normalize(image))[None]
-    seg, marker = inference.sliding_window(model, volume, roi_size, overlap=overlap, sw_batch_size=sw_batch_size,
-                                           device=device, amp=amp, mirror=mirror)
-    return seg.float().cpu().numpy(), marker.float().cpu().numpy()
+def post_record_path(checkpoint: str | Path) -> Path:
+    """Where the tuned thresholds of `checkpoint` are kept: `best.pt` → `best.postprocessing.json`."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}.postprocessing.json")
 
 
-def tune(model, seq: Sequence, frames, roi_size, device, amp: bool, overlap: float) -> PostParams:
-    """Watershed thresholds that maximise SEG on `frames` of `seq` (predicted once, post-processing searched)."""
-    pairs, gts = [], []
-    for t in tqdm(frames, desc="tuning thresholds", leave=False):
-        pairs.append(probabilities(model, seq.image(t), roi_size, device, amp, overlap))
-        gts.append(seq.seg(t))
-    params, best = inference.tune_postprocessing(pairs, gts)
-    tqdm.write(f"tuned post-processing on {len(frames)} frames of {seq.image_dir}: SEG {best:.4f} with {params}")
-    return params
+def save_post_record(path: str | Path, post: PostParams, seg: float, checkpoint_id: str | None, tuned_on: dict) -> Path:
+    """Write the post-processing record (thresholds, the SEG they reached, where they were tuned) atomically."""
+    write_json(path, {"format": POST_RECORD, "checkpoint_id": checkpoint_id, "post": dataclasses.asdict(post),
+                      "seg": float(seg), "tuned_on": tuned_on})
+    return Path(path)
 
 
-def predict_sequence(model, seq: Sequence, out_dir, post: PostParams, roi_size, device, amp: bool = False,
-                     overlap: float = 0.25, overwrite: bool = False, figures_dir=None, progress: bool = True) -> Path:
-    """Segment every frame, track, and write the CTC result folder atomically (and PNGs to figures_dir).
-
-    Instance masks wait in a temporary folder between the two passes of the tracker (link, then
-    relabel), so memory holds one frame at a time whatever the sequence length.
-    """
-    out_dir = Path(out_dir)
-    if figures_dir is not None:
-        check_free(figures_dir, overwrite)
-    with ResultFolder(out_dir, n_frames=len(seq.frames), overwrite=overwrite) as result, \
-            (FigureFolder(figures_dir, overwrite) if figures_dir else nullcontext()) as fig_dir:
-        scratch = Path(tempfile.mkdtemp(prefix=".instances-", dir=out_dir.parent))
-        try:
-            def segmented():
-                for t in tqdm(seq.frames, desc=f"predicting {seq.image_dir.name}", unit="frame", disable=not progress):
-                    labels = instances(*probabilities(model, seq.image(t), roi_size, device, amp, overlap), post)
-                    np.save(scratch / f"{t}.npy", labels)
-                    yield labels
-
-            lineage = tracking.link(segmented(), seq.voxel_size, first_frame=seq.frames[0])
-            for i, t in enumerate(tqdm(seq.frames, desc="writing", unit="frame", disable=not progress, leave=False)):
-                mask = tracking.relabel(np.load(scratch / f"{t}.npy"), lineage.luts[i])
-                result.write_mask(t, mask)
-                if fig_dir is not None:
-                    save_projection(fig_dir / f"projection_{t:03d}.png", seq.image(t), mask, title=f"{seq.seq}: frame {t}")
-            result.write_tracks(lineage.tracks)
-            if fig_dir is not None:
-                save_lineage_tree(fig_dir / "lineage.png", lineage.tracks, title=f"lineage of {seq.image_dir}")
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    return out_dir
-
-
-def load_model(path, device):
-    """Rebuild a trained model from one of our checkpoints (no flags needed): (model, checkpoint dict)."""
-    from models import build_model
-    from utils import load_checkpoint
-    state = load_checkpoint(path)
+def load_post_record(path: str | Path) -> tuple[PostParams, str | None]:
+    """(thresholds, id of the checkpoint they were tuned for) from a record written by `save_post_record`."""
+    import json
+    path = Path(path)
     try:
-        model = build_model(state["model_name"], **state["model_config"])
-        model.load_state_dict(state["model"])
-    except (KeyError, TypeError, RuntimeError) as err:
-        raise UserError(f"{path}: checkpoint does not hold a model this project can rebuild ({err})") from err
-    return model.to(device).eval(), state
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable post-processing record ({err})") from err
+    if not isinstance(record, dict) or record.get("format") != POST_RECORD:
+        raise CheckpointError(f"{path}: not a post-processing record of this project (no '{POST_RECORD}' format tag)")
+    return post_params(record.get("post"), str(path)), record.get("checkpoint_id")
 
 
-def predict_command(args) -> int:
-    """`main.py predict`: checkpoint + sequence → ROOT/<seq>_RES (or --out), scores when GT exists."""
-    from metrics import format_table
-    from utils import check_accuracy, select_device
-    device = select_device(args.device)
-    model, state = load_model(args.checkpoint, device)
-    seq = Sequence(args.data, args.seq, state.get("voxel_size", (0.125, 0.125, 0.2)))
-    in_channels = int(state["model_config"].get("in_channels", 1))
-    if in_channels != 1:
-        raise UserError(f"{args.checkpoint}: the model expects {in_channels} input channels, but {seq.image_dir} "
-                        f"holds single-channel {seq.ndim}D frames")
-    roi = tuple(state["crop_size"])
-    if len(roi) != seq.ndim:
-        raise UserError(f"{args.checkpoint}: model trained on {len(roi)}D crops, {seq.image_dir} holds {seq.ndim}D frames")
-    amp = device.type == "cuda"
-    post = PostParams(**state.get("post", {}))
-    if args.tune:
-        if not seq.has_gt:
-            raise UserError(f"--tune needs ground truth: {seq.gt_dir} not found")
-        post = tune(model, seq, seq.seg_files, roi, device, amp, 0.25)
-    out = Path(args.out) if args.out else seq.root / f"{seq.seq}_RES"
-    figures_dir = tracking.figures_dir_for(out) if args.figures else None
-    predict_sequence(model, seq, out, post, roi, device, amp, overwrite=args.overwrite, figures_dir=figures_dir)
-    print(f"wrote {out} ({len(seq.frames)} frames) with post-processing {asdict(post)}")
-    if seq.has_gt and (seq.gt_dir / "TRA").is_dir():
-        print(format_table(check_accuracy(out, seq.gt_dir)))
-    return 0
+def post_params(fields, where: str) -> PostParams:
+    """PostParams from a stored dict, with a message naming `where` for unknown or invalid fields."""
+    if fields is None:
+        return PostParams()
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"{where}: post-processing fields must be a mapping, got {type(fields).__name__}")
+    unknown = set(fields) - {f.name for f in dataclasses.fields(PostParams)}
+    if unknown:
+        raise CheckpointError(f"{where}: unknown post-processing fields {sorted(unknown)}")
+    try:
+        return PostParams(**fields)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{where}: invalid post-processing fields ({err})") from err
+
+
+class Predictor:
+    """Raw frames → probabilities → instances → tracked CTC result, with its settings held once.
+
+    Args:
+        model: a two-head network, [B, C, *S] → (seg_logits [B, 3, *S], marker_logits [B, 1, *S]).
+        window: sliding-window size (Z, Y, X) or (Y, X), normally the training crop.
+        overlap: fraction of a window shared with its neighbour, in [0, 1).
+        tta: average the logits over all mirror flips of the spatial axes (2**ndim forward passes per window).
+        window_batch: windows per forward pass.
+        device: where the network runs (default: where the model is).
+        amp: bf16 autocast (used on CUDA only; None: on wherever it is used).
+        post: thresholds of the watershed (`inference.PostParams`).
+        voxel_size: (x, y[, z]) in µm: the watershed's distance elevation and the tracker's gates use it.
+        track: gates and costs of the tracker (`tracking.TrackParams`).
+    """
+
+    def __init__(self, model: torch.nn.Module, window, overlap: float = 0.25, tta: bool = False, window_batch: int = 4,
+                 device=None, amp: bool | None = None, post: PostParams | None = None, voxel_size=VOXEL_SIZE_SIM,
+                 track: TrackParams | None = None):
+        window = tuple(int(w) for w in window)
+        if len(window) not in (2, 3) or min(window) < 1:
+            raise ConfigError(f"window {window}: expected 2 or 3 positive sizes")
+        if not 0 <= overlap < 1:
+            raise ConfigError(f"overlap {overlap}: must be in [0, 1)")
+        if int(window_batch) < 1:
+            raise ConfigError(f"window batch {window_batch}: must be at least 1")
+        voxel_size = tuple(float(v) for v in voxel_size)
+        if len(voxel_size) not in (2, 3) or not all(np.isfinite(voxel_size)) or min(voxel_size) <= 0:
+            raise ConfigError(f"voxel size {voxel_size}: expected 2 or 3 finite positive values (x y [z]) in µm")
+        self.device = torch.device(device) if device is not None else inference.model_device(model)
+        self.model = model.to(self.device).eval()
+        self.window, self.overlap, self.tta, self.window_batch = window, float(overlap), bool(tta), int(window_batch)
+        self.amp = self.device.type == "cuda" if amp is None else bool(amp)
+        self.post = post or PostParams()
+        self.voxel_size = voxel_size
+        self.track = track or TrackParams()
+        self.checkpoint_id: str | None = None
+
+    def __repr__(self) -> str:
+        return (f"Predictor({getattr(self.model, 'name', type(self.model).__name__)}, window={self.window}, "
+                f"overlap={self.overlap}, tta={self.tta}, device={self.device}, post={self.post})")
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device="auto", **overrides) -> "Predictor":
+        """Rebuild model and settings from one of our checkpoints; keyword overrides replace any setting.
+
+        The window is the run's crop, the overlap the run's, the voxel size the training data's, and the
+        thresholds those of the checkpoint's post-processing record when one exists (else those stored in
+        the checkpoint, else the defaults).
+        """
+        from models import build_model
+        from utils import load_checkpoint, select_device
+        path = Path(path)
+        state = load_checkpoint(path)
+        try:
+            model = build_model(state["model_name"], **state["model_config"])
+            model.load_state_dict(state["model"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: checkpoint does not hold a model this project can rebuild ({err})") from err
+        window = state.get("crop_size")
+        if (not isinstance(window, (list, tuple)) or len(window) not in (2, 3)
+                or not all(isinstance(w, int) and w > 0 for w in window)):
+            raise CheckpointError(f"{path}: stored crop size {window!r} is not 2 or 3 positive integers")
+        settings = dict(window=window, overlap=(state.get("train_config") or {}).get("overlap", 0.25),
+                        voxel_size=state.get("voxel_size") or VOXEL_SIZE_SIM,
+                        post=post_params(state.get("post"), f"{path} (stored post-processing)"))
+        record = post_record_path(path)
+        if record.is_file() and "post" not in overrides:
+            post, owner = load_post_record(record)
+            if owner == state.get("id"):
+                settings["post"] = post
+            else:
+                warnings.warn(f"{record}: tuned for another checkpoint than {path.name} (ids differ); not used", stacklevel=2)
+        settings.update(overrides)
+        dev = select_device(device) if isinstance(device, str) else torch.device(device)
+        predictor = cls(model, device=dev, **settings)
+        predictor.checkpoint_id = state.get("id")
+        return predictor
+
+    # ------------------------------------------------------------------ one frame
+    def check_image(self, shape, channels: int, where: str) -> None:
+        """Refuse frames the model cannot take (dimensionality, channel count) before any work starts."""
+        if len(shape) != len(self.window):
+            raise UserError(f"{where}: model trained on {len(self.window)}D crops, the frames are {len(shape)}D")
+        expected = inference.model_in_channels(self.model)
+        if expected is not None and expected != channels:
+            kind = "single-channel" if channels == 1 else f"{channels}-channel"
+            raise UserError(f"{where}: the model expects {expected} input channels, but the frames are {kind} "
+                            f"{len(shape)}D images")
+
+    def probabilities(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(seg_prob [3, *S], marker_prob [1, *S]) float32 of one raw frame, the whole volume."""
+        self.model.eval()
+        volume = torch.from_numpy(normalize(image))[None]
+        seg, marker = inference.sliding_window(self.model, volume, self.window, overlap=self.overlap,
+                                               sw_batch_size=self.window_batch, device=self.device, amp=self.amp,
+                                               mirror=self.tta)
+        return seg.numpy(), marker.numpy()
+
+    def spacing(self, ndim: int) -> tuple[float, ...]:
+        """The voxel size (x, y[, z]) for an ndim-D frame (a 3D size on 2D frames drops z)."""
+        return self.voxel_size[:ndim]
+
+    def instances(self, image: np.ndarray, post: PostParams | None = None) -> np.ndarray:
+        """uint16 instance mask of one raw frame (the watershed of `probabilities`)."""
+        return inference.instances(*self.probabilities(image), post or self.post, voxel_size=self.spacing(image.ndim))
+
+    # ------------------------------------------------------------------ thresholds
+    def tune(self, seq: Sequence, frames, grid: dict | None = None, progress: bool = True) -> tuple[PostParams, float]:
+        """Set `post` to the watershed thresholds that maximise SEG on `frames` of `seq` (predicted once,
+        post-processing searched); returns (thresholds, SEG). Never worse on those frames than the current ones."""
+        frames = list(frames)
+        pairs, gts = [], []
+        for t in tqdm(frames, desc="tuning thresholds", leave=False, disable=not progress):
+            pairs.append(self.probabilities(seq.image(t)))
+            gts.append(seq.seg(t))
+        self.post, best = inference.tune_postprocessing(pairs, gts, grid, base=self.post,
+                                                        voxel_size=self.spacing(len(seq.shape)))
+        tqdm.write(f"tuned post-processing on {len(frames)} frames of {seq.image_dir}: SEG {best:.4f} with {self.post}")
+        return self.post, best
+
+    # ------------------------------------------------------------------ a sequence
+    def predict_sequence(self, seq: Sequence, out: str | Path, overwrite: bool = False, figures_dir=None,
+                         progress: bool = True) -> Path:
+        """Segment every frame of `seq`, track, and write the CTC result folder `out` atomically
+        (and PNG projections and a lineage tree to `figures_dir`). Gaps in the frame numbers are refused."""
+        self.check_image(seq.shape, 1, str(seq.image_dir))
+
+        def segmented():
+            for t in tqdm(seq.frames, desc=f"predicting {seq.image_dir.name}", unit="frame", disable=not progress):
+                yield t, self.instances(seq.image(t))
+
+        write_tracked_result(segmented(), seq.frames, out, self.spacing(len(seq.shape)), self.track, overwrite,
+                             figures_dir, image=seq.image, names={t: p.name for t, p in seq.files.items()},
+                             progress=False)
+        return Path(out)

@@ -17,34 +17,22 @@ CTC labelling (checked by `dataset.validate.check_lineage`): a track continued a
 new label whose parent is the old one; daughters get new labels with P = mother, and the mother's
 track ends the frame before they start. Labels are numbered 1, 2, ... in order of their first frame.
 
-Usage with a result folder (frames are read twice, never held together):
-
-    lineage = link((read(t) for t in frames), voxel_size, first_frame=frames[0])
-    with ResultFolder(out, n_frames=frames[-1] + 1) as res:
-        for i, t in enumerate(frames):
-            res.write_mask(t, relabel(read(t), lineage.luts[i]))
-        res.write_tracks(lineage.tracks)
-
-or, for masks in memory or behind a reader, `relabelled, tracks = track_sequence(read, frames)`.
+Writing a CTC result folder from masks is `results.write_tracked_result` (used by every command); in
+memory, `relabelled, tracks = track_sequence(read, frames, voxel_size)` links and relabels, reading each
+frame twice (once to link, once to relabel) so that masks need not sit in memory together.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from scipy.spatial import cKDTree
-from tqdm import tqdm
 
-from dataset.ctc import VOXEL_SIZE_SIM, CTCFormatError, ResultFolder, read_labels, tiff_shape
-from dataset.validate import check_lineage, labels_present
-from errors import UserError
-from figures import FigureFolder, check_free, save_lineage_tree, save_projection
+from dataset.ctc import VOXEL_SIZE_SIM, CTCFormatError, check_consecutive
+from errors import ConfigError
 
 #: Largest input label value accepted (the per-frame lookup table is a dense array of this length).
 MAX_INPUT_LABEL = 2**24 - 1
@@ -73,12 +61,12 @@ class TrackParams:
         positive = ("max_distance", "division_distance", "gap_distance", "daughter_ratio")
         for name in positive:
             if not getattr(self, name) > 0:
-                raise UserError(f"TrackParams.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"TrackParams.{name} must be positive, got {getattr(self, name)}")
         lo, hi = self.daughter_volume
         if not 0 <= lo <= hi:
-            raise UserError(f"TrackParams.daughter_volume must be (low, high) with 0 <= low <= high, got {self.daughter_volume}")
+            raise ConfigError(f"TrackParams.daughter_volume must be (low, high) with 0 <= low <= high, got {self.daughter_volume}")
         if not 0 <= self.min_iou <= 1 or self.max_gap < 0:
-            raise UserError(f"TrackParams: min_iou must be in [0, 1] and max_gap >= 0, got {self.min_iou}, {self.max_gap}")
+            raise ConfigError(f"TrackParams: min_iou must be in [0, 1] and max_gap >= 0, got {self.min_iou}, {self.max_gap}")
 
 
 class LookupTables(Sequence):
@@ -127,13 +115,13 @@ class _Objects:
         return self.labels.size
 
 
-def _spacing(voxel_size, ndim: int) -> np.ndarray:
+def axis_spacing(voxel_size, ndim: int) -> np.ndarray:
     """Voxel size (x, y[, z]) in µm -> spacing in array axis order ([z,] y, x)."""
     size = [float(v) for v in voxel_size]
     if ndim == 2 and len(size) == 3:
         size = size[:2]  # a 3D voxel size on 2D masks: z does not apply
     if len(size) != ndim or min(size) <= 0:
-        raise UserError(f"voxel size {tuple(voxel_size)}: expected {ndim} positive values (x y{' z' if ndim == 3 else ''}) in µm")
+        raise ConfigError(f"voxel size {tuple(voxel_size)}: expected {ndim} positive values (x y{' z' if ndim == 3 else ''}) in µm")
     return np.array(size[::-1])
 
 
@@ -269,7 +257,7 @@ def link(frames: Iterable[np.ndarray], voxel_size=VOXEL_SIZE_SIM, params: TrackP
     for position, mask in enumerate(frames):
         _check_frame(mask, position, shape)
         if shape is None:
-            shape, spacing = mask.shape, _spacing(voxel_size, mask.ndim)
+            shape, spacing = mask.shape, axis_spacing(voxel_size, mask.ndim)
         current, compact, codes, counts = _measure(mask, spacing, previous, len(objects[-1]) if objects else 0)
         if objects:
             prev_offset = offset - len(objects[-1])
@@ -363,106 +351,15 @@ def track_sequence(masks: Sequence[np.ndarray] | Callable[[int], np.ndarray], fr
     """
     if callable(masks):
         if frames is None:
-            raise UserError("track_sequence: frames are required with a mask reader")
+            raise ConfigError("track_sequence: frames are required with a mask reader")
         read = masks
     else:
         frames = list(range(len(masks))) if frames is None else frames
         by_frame = dict(zip(frames, masks))
         read = by_frame.__getitem__
     frames = list(frames)
-    if not frames or frames != list(range(frames[0], frames[0] + len(frames))):
-        raise UserError(f"track_sequence: frames must be consecutive numbers, got {frames[:10]}")
+    if frames != check_consecutive(frames, "track_sequence"):
+        raise ConfigError(f"track_sequence: frames must be given in increasing order, got {frames[:10]}")
     lineage = link((read(t) for t in frames), voxel_size, params, first_frame=frames[0])
     relabelled = ((t, relabel(read(t), lineage.luts[i])) for i, t in enumerate(frames))
     return relabelled, lineage.tracks
-
-
-# ----------------------------------------------------------------------------- command line
-_NUMBER = re.compile(r"(\d+)\D*$")
-
-
-def list_mask_files(folder: str | Path) -> dict[int, Path]:
-    """Frame number -> file for the `*.tif` masks of `folder` (the last number in each name, any prefix).
-
-    Frames must be consecutive: the CTC numbers frames 0, 1, 2, ..., and a track cannot skip a frame
-    that is not there, so a gap is refused rather than guessed.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CTCFormatError(f"{folder}: masks folder not found")
-    files: dict[int, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
-            continue
-        match = _NUMBER.search(path.stem)
-        if not match:
-            raise CTCFormatError(f"{path}: no frame number in the file name (expected e.g. mask000.tif)")
-        t = int(match.group(1))
-        if t in files:
-            raise CTCFormatError(f"{path}: frame {t} also given as {files[t].name}")
-        files[t] = path
-    if not files:
-        raise CTCFormatError(f"{folder}: no *.tif masks found")
-    files = dict(sorted(files.items()))
-    numbers = list(files)
-    for before, after in zip(numbers, numbers[1:]):
-        if after != before + 1:
-            missing = f"{before + 1}" if after == before + 2 else f"{before + 1}-{after - 1}"
-            raise CTCFormatError(f"{folder}: frame {missing} missing between {files[before].name} and {files[after].name}"
-                                 " (CTC tracking needs consecutive frames)")
-    return files
-
-
-def track_command(args) -> int:
-    """`main.py track --masks DIR --out DIR [--voxel-size X Y [Z]] [--overwrite] [--figures]`."""
-    files = list_mask_files(args.masks)
-    frames = list(files)
-    first = files[frames[0]]
-    shape = tiff_shape(first)
-    for path in files.values():
-        other = tiff_shape(path)
-        if other != shape:
-            raise CTCFormatError(f"{path}: shape {other} differs from {first.name} {shape} (all masks must have one shape)")
-    if len(shape) not in (2, 3):
-        raise CTCFormatError(f"{first}: expected 2D or 3D masks, found shape {shape}")
-    ndim = len(shape)
-    voxel_size = tuple(args.voxel_size) if args.voxel_size else VOXEL_SIZE_SIM
-    _spacing(voxel_size, ndim)  # fail before reading any frame
-    out = Path(args.out)
-    if out.resolve() == Path(args.masks).resolve():
-        raise UserError(f"--out {out}: must differ from the masks folder")
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise CTCFormatError(f"{out}: output folder is not empty (use --overwrite to replace it)")
-    figures_dir = figures_dir_for(out) if args.figures else None
-    if figures_dir is not None:
-        check_free(figures_dir, args.overwrite)
-
-    def read(t: int) -> np.ndarray:
-        return read_labels(files[t], ndim)
-
-    bar = tqdm((read(t) for t in frames), total=len(frames), desc="linking", unit="frame")
-    lineage = link(bar, voxel_size, first_frame=frames[0])
-    present = {}
-    with ResultFolder(out, n_frames=frames[-1] + 1, overwrite=args.overwrite) as res, \
-            (FigureFolder(figures_dir, args.overwrite) if figures_dir else nullcontext()) as fig_dir:
-        for i, t in enumerate(tqdm(frames, desc="writing", unit="frame")):
-            mask = relabel(read(t), lineage.luts[i])
-            present[t] = labels_present(mask)
-            res.write_mask(t, mask)
-            if fig_dir is not None:
-                save_projection(fig_dir / f"projection_{t:03d}.png", None, mask, title=f"{files[t].name}: frame {t}")
-        check_lineage(lineage.tracks, present, {t: str(p) for t, p in files.items()}, "tracks")
-        res.write_tracks(lineage.tracks)
-        if fig_dir is not None:
-            save_lineage_tree(fig_dir / "lineage.png", lineage.tracks)
-    children = np.bincount(lineage.tracks[:, 3], minlength=1)[1:]
-    print(f"{out}: {len(frames)} frames, {len(lineage.tracks)} tracks, {int((children >= 2).sum())} divisions, "
-          f"{int((children == 1).sum())} gaps closed" + (f"; figures in {figures_dir}" if figures_dir else ""))
-    return 0
-
-
-def figures_dir_for(result_dir: str | Path) -> Path:
-    """Where `--figures` writes PNGs: `<OUT>_figures` next to the result folder, which must hold only
-    the CTC files (`maskNNN.tif`, `res_track.txt`)."""
-    result_dir = Path(result_dir)
-    return result_dir.with_name(f"{result_dir.name}_figures")

@@ -2,35 +2,19 @@
 
     python train3D.py [--data ROOT] [--epochs N] ...     (same as: python main.py --model unet ...)
 
-The defaults fit the default run: the synthetic data set, 2 CPU cores. For the real data on a GPU, see the README.
+Only what differs for this model is set here; every other value is TrainConfig's default in
+training.py, shared by the three models. The architecture is models.build_model("unet")'s default
+(see models/unet.py); set model_args to change it.
 """
 import sys
 
-from dataset3D import AugmentConfig
-from losses import LossWeights
-from training import TrainConfig, train_from_cli
+from training import TrainConfig, run_script
 
 CONFIG = TrainConfig(
     model="unet",
-    model_args=dict(),            # models.build_model("unet") defaults: see models/unet.py
-    crop_size=(32, 64, 64),       # training crop (Z, Y, X), a multiple of the U-Net's total stride
-    batch_size=2,                 # crops per step
+    model_args=dict(),            # e.g. features=(16, 32, 64, 128, 256) for a wider network
     epochs=20,                    # epochs of steps_per_epoch steps
-    steps_per_epoch=50,           # steps per epoch
-    lr=1e-3,                      # peak AdamW learning rate
-    weight_decay=1e-4,            # AdamW weight decay
-    warmup_epochs=1.0,            # linear warm-up, then cosine decay
-    grad_clip=1.0,                # gradient norm clip
-    loss=LossWeights(seg_ce=1.0, seg_dice=1.0, marker_bce=1.0, marker_dice=2.0, boundary_weight=2.0),
-    augment=AugmentConfig(scale_prob=0.2, scale_range=0.15, gamma_range=0.3, noise_std=0.05),
-    val_every=5,                  # validate every this many epochs
 )
 
-
-def main(args) -> int:
-    return train_from_cli(CONFIG, args)
-
-
 if __name__ == "__main__":
-    import main as cli
-    sys.exit(cli.main(["train", "--model", CONFIG.model, *sys.argv[1:]]))
+    sys.exit(run_script(CONFIG))

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -30,20 +31,21 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 import figures
-import predict
 from dataset import VOXEL_SIZE_SIM, Sequence
-from dataset.ctc import atomic_path
+from dataset.fileio import atomic_path, write_json
 from dataset3D import AugmentConfig, CropDataset, load_volumes
 from errors import UserError
 from losses import PARTS, LossWeights, combined_loss
 from metrics import seg_score
 from models import build_model
+from predict import Predictor, post_record_path, save_post_record
 from utils import load_checkpoint, rng_state, save_checkpoint, seed_everything, select_device, set_rng_state
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run depends on; the train scripts set it, command-line flags override it."""
+    """Everything a run depends on. The defaults are the tuned recipe shared by all models; a train script
+    sets only what differs for its model, and command-line flags override both."""
     model: str = "vit_unet"                  # vit_unet, swinunetr or unet
     model_args: dict = field(default_factory=dict)  # overrides of models.build_model's defaults
     crop_size: tuple = (32, 64, 64)          # training crop (Z, Y, X); also the sliding window at prediction
@@ -142,158 +144,231 @@ def num_workers(cfg: TrainConfig) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- the Trainer
 def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     """Train, validate, save; returns the final scores (rank 0) or {} (other ranks)."""
-    ddp = Distributed(cfg.device)
-    try:
-        return _train(cfg, resume, ddp)
-    finally:
-        ddp.close()
+    return Trainer(cfg, resume).fit()
 
 
-def _train(cfg: TrainConfig, resume: str | None, ddp: Distributed) -> dict:
-    device = ddp.device
-    state, ckpt_path = None, None
-    if resume:
-        path = Path(resume) if resume != "last" else None
-        if path is None:
+class Trainer:
+    """One training run in named steps, as nnU-Net's `run_training`: set-up, restore, one epoch, validation,
+    checkpoints, final report. `fit` strings them together; each step reads and writes only `self`.
+
+    Args:
+        cfg: the run's configuration (a train script's CONFIG with the command-line flags applied).
+        resume: a checkpoint to continue from, or "last" for `<cfg.out>/last.pt`; None starts afresh.
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: str | None = None):
+        self.cfg, self.resume = cfg, resume
+        self.ddp = Distributed(cfg.device)
+        self.device = self.ddp.device
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.start_epoch, self.history, self.best = 1, [], -1.0
+        self.run_id = uuid.uuid4().hex
+
+    def fit(self) -> dict:
+        try:
+            state = self.setup()
+            if state is not None:
+                self.restore(state)
+            self.announce()
+            for epoch in range(self.start_epoch, self.cfg.epochs + 1):
+                row = self.train_epoch(epoch)
+                self.end_epoch(epoch, row)
+            if not self.ddp.main or not self.cfg.final_predict:
+                return {}
+            return self.final_report()
+        finally:
+            self.ddp.close()
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> dict | None:
+        """Data, model, loader, optimiser and schedule; returns the checkpoint state to restore, if resuming."""
+        cfg, ddp = self.cfg, self.ddp
+        state = None
+        if self.resume:
+            path = Path(self.resume) if self.resume != "last" else None
+            if path is None:
+                if not cfg.out:
+                    raise UserError("--resume without a checkpoint needs --out RUN_DIR (it resumes RUN_DIR/last.pt)")
+                path = Path(cfg.out) / "last.pt"
+            state = load_checkpoint(path)
+            self.ckpt_path = path
+            if state.get("model_name") != cfg.model:
+                raise UserError(f"{path}: checkpoint of model {state.get('model_name')!r}, not {cfg.model!r}")
             if not cfg.out:
-                raise UserError("--resume without a checkpoint needs --out RUN_DIR (it resumes RUN_DIR/last.pt)")
-            path = Path(cfg.out) / "last.pt"
-        state, ckpt_path = load_checkpoint(path), path
-        if state.get("model_name") != cfg.model:
-            raise UserError(f"{path}: checkpoint of model {state.get('model_name')!r}, not {cfg.model!r}")
-        if not cfg.out:
-            cfg = replace(cfg, out=str(path.parent))
-    out = Path(cfg.out or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    seed_everything(cfg.seed + ddp.rank)
+                cfg = self.cfg = replace(cfg, out=str(path.parent))
+        self.out = Path(cfg.out or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+        seed_everything(cfg.seed + ddp.rank)
 
-    root = Path(cfg.data) if cfg.data else default_data(ddp)
-    train_seq = Sequence(root, cfg.train_seq, cfg.voxel_size)
-    if not train_seq.has_gt:
-        raise UserError(f"{train_seq.gt_dir}: training sequence {cfg.train_seq} has no ground truth")
-    val_seq = Sequence(root, cfg.val_seq, cfg.voxel_size)
+        root = Path(cfg.data) if cfg.data else default_data(ddp)
+        self.train_seq = Sequence(root, cfg.train_seq, cfg.voxel_size)
+        if not self.train_seq.has_gt:
+            raise UserError(f"{self.train_seq.gt_dir}: training sequence {cfg.train_seq} has no ground truth")
+        self.val_seq = Sequence(root, cfg.val_seq, cfg.voxel_size)
 
-    torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    model = build_model(cfg.model, **cfg.model_args).to(device)
-    check_crop(model, cfg.crop_size)
-    if val_seq.ndim != len(cfg.crop_size):
-        raise UserError(f"crop size {cfg.crop_size} is {len(cfg.crop_size)}D but {val_seq.image_dir} holds {val_seq.ndim}D images")
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        self.model = build_model(cfg.model, **cfg.model_args).to(self.device)
+        check_crop(self.model, cfg.crop_size)
+        if self.val_seq.ndim != len(cfg.crop_size):
+            raise UserError(f"crop size {cfg.crop_size} is {len(cfg.crop_size)}D but {self.val_seq.image_dir} holds "
+                            f"{self.val_seq.ndim}D images")
 
-    volumes = load_volumes(train_seq, core_fraction=cfg.core_fraction, progress=ddp.main)
-    data = CropDataset(volumes, cfg.crop_size, cfg.steps_per_epoch * cfg.batch_size * ddp.world, cfg.augment,
-                       cfg.fg_fraction, cfg.seed)
-    sampler = DistributedSampler(data, ddp.world, ddp.rank, shuffle=False) if ddp.world > 1 else None
-    loader = DataLoader(data, cfg.batch_size, sampler=sampler, num_workers=num_workers(cfg), drop_last=True,
-                        pin_memory=device.type == "cuda")
+        self.volumes = load_volumes(self.train_seq, core_fraction=cfg.core_fraction, progress=ddp.main)
+        self.data = CropDataset(self.volumes, cfg.crop_size, cfg.steps_per_epoch * cfg.batch_size * ddp.world,
+                                cfg.augment, cfg.fg_fraction, cfg.seed)
+        sampler = DistributedSampler(self.data, ddp.world, ddp.rank, shuffle=False) if ddp.world > 1 else None
+        self.loader = DataLoader(self.data, cfg.batch_size, sampler=sampler, num_workers=num_workers(cfg),
+                                 drop_last=True, pin_memory=self.device.type == "cuda")
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * cfg.steps_per_epoch
-    warmup = max(1, int(cfg.warmup_epochs * cfg.steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
-    net = DistributedDataParallel(model) if ddp.world > 1 else model
-    amp = cfg.amp and device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        total = cfg.epochs * cfg.steps_per_epoch
+        warmup = max(1, int(cfg.warmup_epochs * cfg.steps_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, warmup, total))
+        self.net = DistributedDataParallel(self.model) if ddp.world > 1 else self.model
+        return state
 
-    start_epoch, history, best = 1, [], -1.0
-    if state is not None:
-        saved, built = json.loads(json.dumps(state["model_config"])), json.loads(json.dumps(model.config))
+    def restore(self, state: dict) -> None:
+        """Continue from a checkpoint: weights, optimiser, schedule, history and random states."""
+        saved, built = json.loads(json.dumps(state["model_config"])), json.loads(json.dumps(self.model.config))
         if saved != built:
             diff = {k: (saved.get(k), built.get(k)) for k in sorted(set(saved) | set(built)) if saved.get(k) != built.get(k)}
-            raise UserError(f"{ckpt_path}: the checkpoint's {cfg.model} differs from the configured one "
+            raise UserError(f"{self.ckpt_path}: the checkpoint's {self.cfg.model} differs from the configured one "
                             f"(checkpoint vs now: {diff}); resume with the run's own settings")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best_seg"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_epoch, self.history, self.best = state["epoch"] + 1, state["history"], state["best_seg"]
+        self.run_id = state.get("run_id", self.run_id)
         set_rng_state(state["rng"])
-        if ddp.main:
-            print(f"resumed {out} at epoch {start_epoch} (best validation SEG so far {best:.4f})")
-    if ddp.main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", config_dict(cfg))
-        print(f"training {cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on {device}"
-              f"{f' x{ddp.world}' if ddp.world > 1 else ''}, {len(volumes)} training volumes, run folder {out}")
+        if self.ddp.main:
+            print(f"resumed {self.out} at epoch {self.start_epoch} (best validation SEG so far {self.best:.4f})")
 
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        data.set_epoch(epoch)
-        row = run_epoch(net, loader, optimizer, scheduler, cfg, device, amp, epoch, ddp)
-        validate_now = epoch % cfg.val_every == 0 or epoch == cfg.epochs
-        if ddp.main:
-            if validate_now and val_seq.has_gt:
-                row["val_seg"] = validate(model, val_seq, cfg, device, amp, out, epoch)
-            history.append(row)
-            improved = row.get("val_seg", -1.0) > best
-            best = max(best, row.get("val_seg", -1.0))
-            ckpt = checkpoint_state(model, optimizer, scheduler, cfg, epoch, history, best)
-            save_checkpoint(out / "last.pt", ckpt)
-            if improved:
-                save_checkpoint(out / "best.pt", ckpt)
-            write_history(out, history)
-            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        ddp.barrier()
+    def announce(self) -> None:
+        """Create the run folder, write config.json and say what is about to be trained (rank 0)."""
+        if not self.ddp.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "config.json", config_dict(self.cfg))
+        world = f" x{self.ddp.world}" if self.ddp.world > 1 else ""
+        print(f"training {self.cfg.model} ({sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters) "
+              f"on {self.device}{world}, {len(self.volumes)} training volumes, run folder {self.out}")
 
-    if not ddp.main or not cfg.final_predict:
-        return {}
-    return final_report(cfg, out, val_seq, train_seq, device, amp)
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self, epoch: int) -> dict:
+        """One epoch of optimiser steps; returns the epoch's log row (mean loss and parts, lr, crops/s)."""
+        cfg, ddp, device = self.cfg, self.ddp, self.device
+        self.data.set_epoch(epoch)
+        self.net.train()
+        sums, steps, bad, start = torch.zeros(len(PARTS) + 1, device=device), 0, 0, time.perf_counter()
+        bar = tqdm(self.loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not ddp.main, leave=False, dynamic_ncols=True)
+        for image, classes, marker in bar:
+            image, classes, marker = (x.to(device, non_blocking=True) for x in (image, classes, marker))
+            with torch.autocast(device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext():
+                seg_logits, marker_logits = self.net(image)
+            loss, parts = combined_loss(seg_logits, marker_logits, classes, marker, cfg.loss)
+            if not self.all_finite(loss):
+                bad += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                if bad >= cfg.max_bad_steps:
+                    raise UserError(f"training diverged: {bad} non-finite losses in a row at epoch {epoch} "
+                                    f"(try a lower --lr than {cfg.lr}); the last good checkpoint is kept")
+                continue
+            bad = 0
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            sums += torch.cat([loss.detach()[None], parts])
+            steps += 1
+            if steps % 10 == 0 or steps == 1:
+                bar.set_postfix(loss=f"{sums[0].item() / steps:.4f}")
+        seconds = time.perf_counter() - start
+        means = (sums / max(steps, 1)).tolist()
+        return {"epoch": epoch, "loss": means[0], **dict(zip(PARTS, means[1:])), "lr": self.scheduler.get_last_lr()[0],
+                "crops_per_s": steps * cfg.batch_size * ddp.world / seconds, "seconds": seconds}
 
-
-def run_epoch(net, loader, optimizer, scheduler, cfg: TrainConfig, device, amp: bool, epoch: int, ddp: Distributed) -> dict:
-    """One epoch of optimiser steps; returns the epoch's log row (mean loss and parts, lr, crops/s)."""
-    net.train()
-    sums, steps, bad, start = torch.zeros(len(PARTS) + 1, device=device), 0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not ddp.main, leave=False, dynamic_ncols=True)
-    for image, classes, marker in bar:
-        image, classes, marker = (x.to(device, non_blocking=True) for x in (image, classes, marker))
-        with torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext():
-            seg_logits, marker_logits = net(image)
-        loss, parts = combined_loss(seg_logits, marker_logits, classes, marker, cfg.loss)
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank: all ranks skip a step together, or DDP's all-reduce would hang."""
         finite = torch.isfinite(loss)
-        if ddp.world > 1:  # all ranks skip together, or DDP's gradient all-reduce would hang
+        if self.ddp.world > 1:
             finite = finite.float()
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            finite = finite.bool()
-        if not bool(finite):
-            bad += 1
-            optimizer.zero_grad(set_to_none=True)
-            if bad >= cfg.max_bad_steps:
-                raise UserError(f"training diverged: {bad} non-finite losses in a row at epoch {epoch} "
-                                f"(try a lower --lr than {cfg.lr}); the last good checkpoint is kept")
-            continue
-        bad = 0
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        sums += torch.cat([loss.detach()[None], parts])
-        steps += 1
-        if steps % 10 == 0 or steps == 1:
-            bar.set_postfix(loss=f"{sums[0].item() / steps:.4f}")
-    seconds = time.perf_counter() - start
-    means = (sums / max(steps, 1)).tolist()
-    row = {"epoch": epoch, "loss": means[0], **dict(zip(PARTS, means[1:])), "lr": scheduler.get_last_lr()[0],
-           "crops_per_s": steps * cfg.batch_size * ddp.world / seconds, "seconds": seconds}
-    return row
+        return bool(finite)
 
+    def end_epoch(self, epoch: int, row: dict) -> None:
+        """Validate when due, save last.pt (and best.pt when validation SEG improved), log (rank 0)."""
+        cfg = self.cfg
+        if self.ddp.main:
+            if (epoch % cfg.val_every == 0 or epoch == cfg.epochs) and self.val_seq.has_gt:
+                row["val_seg"] = self.validate(epoch)
+            self.history.append(row)
+            improved = row.get("val_seg", -1.0) > self.best
+            self.best = max(self.best, row.get("val_seg", -1.0))
+            ckpt = self.checkpoint_state(epoch)
+            save_checkpoint(self.out / "last.pt", ckpt)
+            if improved:
+                save_checkpoint(self.out / "best.pt", ckpt)
+            write_history(self.out, self.history)
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        self.ddp.barrier()
 
-def validate(model, seq: Sequence, cfg: TrainConfig, device, amp: bool, out: Path, epoch: int) -> float:
-    """SEG, pooled over all reference objects as the CTC does, of `val_frames` evenly spaced frames of
-    the validation sequence (whole volumes)."""
-    frames = [t for t in evenly_spaced(seq.seg_frames, cfg.val_frames)]
-    post = predict.PostParams()
-    total, count, panel = 0.0, 0, None
-    for t in frames:
-        image = seq.image(t)
-        probs = predict.probabilities(model, image, cfg.crop_size, device, amp, cfg.overlap)
-        labels = predict.instances(*probs, post)
-        gt = seq.seg(t)
-        jaccard, n = seg_score(labels, gt)
-        total, count = total + jaccard, count + n
-        if panel is None:
-            panel = (image, gt, labels)
-    figures.save_prediction_panel(out / "figures" / "validation.png", *panel, title=f"epoch {epoch}, frame {frames[0]}")
-    return total / count if count else 0.0
+    # ------------------------------------------------------------------ validation
+    def predictor(self) -> Predictor:
+        """The Predictor of the model being trained, with the run's window, overlap and voxel size."""
+        return Predictor(self.model, self.cfg.crop_size, self.cfg.overlap, device=self.device, amp=self.amp,
+                         voxel_size=self.cfg.voxel_size)
+
+    def validate(self, epoch: int) -> float:
+        """SEG, pooled over all reference objects as the CTC does, of `val_frames` evenly spaced frames of
+        the validation sequence (whole volumes, default thresholds)."""
+        seq, predictor = self.val_seq, self.predictor()
+        frames = evenly_spaced(seq.seg_frames, self.cfg.val_frames)
+        total, count, panel = 0.0, 0, None
+        for t in frames:
+            image, gt = seq.image(t), seq.seg(t)
+            labels = predictor.instances(image)
+            jaccard, n = seg_score(labels, gt)
+            total, count = total + jaccard, count + n
+            if panel is None:
+                panel = (image, gt, labels)
+        figures.save_prediction_panel(self.out / "figures" / "validation.png", *panel, title=f"epoch {epoch}, frame {frames[0]}")
+        return total / count if count else 0.0
+
+    def checkpoint_state(self, epoch: int) -> dict:
+        """Everything a resume and a Predictor need; refuses to save weights that are not finite."""
+        model = self.model
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise UserError(f"epoch {epoch}: model weights are not finite; not saving (try a lower --lr)")
+        return {"model_name": self.cfg.model, "model_config": model.config, "model": model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "epoch": epoch,
+                "history": self.history, "best_seg": self.best, "rng": rng_state(), "train_config": config_dict(self.cfg),
+                "crop_size": list(self.cfg.crop_size), "voxel_size": list(self.cfg.voxel_size),
+                "run_id": self.run_id, "id": f"{self.run_id}-epoch{epoch}"}
+
+    # ------------------------------------------------------------------ final report
+    def final_report(self) -> dict:
+        """Best model → thresholds tuned on training frames (kept as best.postprocessing.json) → validation
+        sequence predicted, tracked and scored into <seq>_RES and scores.json."""
+        from metrics import format_table
+        from utils import check_accuracy
+        cfg, out, val_seq = self.cfg, self.out, self.val_seq
+        best_path = out / "best.pt" if (out / "best.pt").exists() else out / "last.pt"
+        predictor = Predictor.from_checkpoint(best_path, self.device, amp=self.amp)
+        tune_frames = evenly_spaced(self.train_seq.seg_files, cfg.tune_frames)
+        post, seg = predictor.tune(self.train_seq, tune_frames)
+        save_post_record(post_record_path(best_path), post, seg, predictor.checkpoint_id,
+                         {"data": str(self.train_seq.image_dir), "frames": tune_frames})
+        res_dir = out / f"{val_seq.seq}_RES"
+        predictor.predict_sequence(val_seq, res_dir, overwrite=True)
+        scores = {"checkpoint": str(best_path), "post": asdict(post)}
+        if val_seq.has_gt:
+            scores.update(check_accuracy(res_dir, val_seq.gt_dir))
+            print(f"\n{cfg.model} on {val_seq.image_dir} ({res_dir}):\n{format_table(scores)}")
+        write_json(out / "scores.json", scores)
+        return scores
 
 
 def evenly_spaced(items, n: int):
@@ -303,48 +378,10 @@ def evenly_spaced(items, n: int):
     return [items[int(round(i))] for i in np.linspace(0, len(items) - 1, n)]
 
 
-def final_report(cfg: TrainConfig, out: Path, val_seq: Sequence, train_seq: Sequence, device, amp: bool) -> dict:
-    """Best model → thresholds tuned on training frames → validation sequence predicted, tracked, scored."""
-    from utils import check_accuracy
-    from metrics import format_table
-
-    best_path = out / "best.pt" if (out / "best.pt").exists() else out / "last.pt"
-    state = load_checkpoint(best_path)
-    model = build_model(state["model_name"], **state["model_config"]).to(device)
-    model.load_state_dict(state["model"])
-    tune_frames = evenly_spaced(train_seq.seg_files, cfg.tune_frames)
-    post = predict.tune(model, train_seq, tune_frames, cfg.crop_size, device, amp, cfg.overlap)
-    state["post"] = asdict(post)
-    save_checkpoint(best_path, state)
-    res_dir = out / f"{val_seq.seq}_RES"
-    predict.predict_sequence(model, val_seq, res_dir, post, cfg.crop_size, device, amp, cfg.overlap, overwrite=True)
-    scores = {"checkpoint": str(best_path), "post": asdict(post)}
-    if val_seq.has_gt:
-        scores.update(check_accuracy(res_dir, val_seq.gt_dir))
-        print(f"\n{cfg.model} on {val_seq.image_dir} ({res_dir}):\n{format_table(scores)}")
-    write_json(out / "scores.json", scores)
-    return scores
-
-
 # --------------------------------------------------------------------------- records
 def config_dict(cfg: TrainConfig) -> dict:
     """The configuration as plain JSON-able values (tuples as lists)."""
     return json.loads(json.dumps(asdict(cfg)))
-
-
-def checkpoint_state(model, optimizer, scheduler, cfg: TrainConfig, epoch: int, history: list, best: float) -> dict:
-    finite = all(torch.isfinite(p).all() for p in model.parameters())
-    if not finite:
-        raise UserError(f"epoch {epoch}: model weights are not finite; not saving (try a lower --lr)")
-    return {"model_name": cfg.model, "model_config": model.config, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-            "history": history, "best_seg": best, "rng": rng_state(), "train_config": config_dict(cfg),
-            "crop_size": list(cfg.crop_size), "voxel_size": list(cfg.voxel_size), "post": asdict(predict.PostParams())}
-
-
-def write_json(path: Path, data: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
 
 
 def write_history(out: Path, history: list[dict]) -> None:
@@ -361,3 +398,11 @@ def train_from_cli(default: TrainConfig, args) -> int:
     """Entry of each train script: its defaults, overridden by the flags main.py parsed."""
     train(apply_overrides(default, args), resume=args.resume)
     return 0
+
+
+def run_script(config: TrainConfig) -> int:
+    """`python train_X.py [flags]` is `python main.py --model X [flags]` with X's CONFIG."""
+    import sys
+
+    import main as cli
+    return cli.main(["train", "--model", config.model, *sys.argv[1:]])

@@ -12,18 +12,18 @@ Every bad input raises `CTCFormatError`, whose message names the file and what i
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
 from errors import UserError
+
+from .fileio import atomic_path, replace_folder  # noqa: F401  (re-exported: older imports)
 
 #: Voxel size of Fluo-N3DH-SIM+ in micrometres, in (x, y, z) order as the CTC states it.
 VOXEL_SIZE_SIM = (0.125, 0.125, 0.200)
@@ -65,6 +65,53 @@ def frame_gaps(frames) -> list[int]:
     if not frames:
         return []
     return sorted(set(range(frames[0], frames[-1] + 1)) - set(frames))
+
+
+def check_consecutive(frames, where: str) -> list[int]:
+    """`frames` as a sorted list of frame numbers; a gap in the numbering raises CTCFormatError naming the
+    missing frames. CTC tracking needs consecutive frames: a track cannot skip a frame that is not there,
+    so a gap is refused rather than guessed."""
+    frames = sorted(int(t) for t in frames)
+    if not frames:
+        raise CTCFormatError(f"{where}: no frames")
+    missing = frame_gaps(frames)
+    if missing:
+        shown = ", ".join(str(t) for t in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        raise CTCFormatError(f"{where}: frame{'s' if len(missing) > 1 else ''} {shown} missing "
+                             f"(CTC tracking needs consecutive frames {frames[0]}..{frames[-1]})")
+    return frames
+
+
+_LAST_NUMBER = re.compile(r"(\d+)\D*$")
+
+
+def list_mask_files(folder: str | Path) -> dict[int, Path]:
+    """Frame number -> file for the `*.tif` masks of `folder` (the last number in each name, any prefix),
+    which must be consecutive (see `check_consecutive`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CTCFormatError(f"{folder}: masks folder not found")
+    files: dict[int, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+            continue
+        match = _LAST_NUMBER.search(path.stem)
+        if not match:
+            raise CTCFormatError(f"{path}: no frame number in the file name (expected e.g. mask000.tif)")
+        t = int(match.group(1))
+        if t in files:
+            raise CTCFormatError(f"{path}: frame {t} also given as {files[t].name}")
+        files[t] = path
+    if not files:
+        raise CTCFormatError(f"{folder}: no *.tif masks found")
+    files = dict(sorted(files.items()))
+    numbers = list(files)
+    for before, after in zip(numbers, numbers[1:]):
+        if after != before + 1:
+            missing = f"{before + 1}" if after == before + 2 else f"{before + 1}-{after - 1}"
+            raise CTCFormatError(f"{folder}: frame {missing} missing between {files[before].name} and {files[after].name}"
+                                 " (CTC tracking needs consecutive frames)")
+    return files
 
 
 def list_seg_slices(folder: str | Path) -> dict[int, dict[int, Path]]:
@@ -143,22 +190,6 @@ def read_tracks(path: str | Path) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- writing
-@contextmanager
-def atomic_path(path: str | Path):
-    """A temporary path beside `path` to write to; renamed to `path` when the block ends cleanly,
-    removed when it raises, so `path` is always either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_tiff(path: str | Path, array: np.ndarray, voxel_size=None) -> None:
     """Write an image atomically as an ImageJ-compatible TIFF (opens as a Z stack in Fiji and napari).
 
@@ -182,17 +213,6 @@ def write_tracks(path: str | Path, tracks) -> None:
     tracks = np.asarray(tracks, dtype=np.int64).reshape(-1, 4)
     with atomic_path(path) as tmp:
         tmp.write_text("".join(f"{l} {b} {e} {p}\n" for l, b, e, p in tracks))
-
-
-def replace_folder(complete: Path, path: Path) -> None:
-    """Move the finished folder `complete` to `path`, replacing what is there with two renames."""
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(complete, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(complete, path)
 
 
 def frame_name(prefix: str, t: int, n_frames: int) -> str:
@@ -220,9 +240,15 @@ class ResultFolder:
         self.tmp: Path | None = None
         self._tracks_written = False
 
+    @staticmethod
+    def check_free(path: str | Path, overwrite: bool) -> None:
+        """Refuse an output folder that holds something, unless `overwrite` (call it before long work starts)."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+            raise CTCFormatError(f"{path}: output folder is not empty (use --overwrite to replace it)")
+
     def __enter__(self) -> "ResultFolder":
-        if self.path.exists() and any(self.path.iterdir()) and not self.overwrite:
-            raise CTCFormatError(f"{self.path}: output folder is not empty (use --overwrite to replace it)")
+        self.check_free(self.path, self.overwrite)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent))
         return self

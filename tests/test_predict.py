@@ -95,8 +95,8 @@ def test_ideal_probabilities_give_perfect_scores(data, tmp_path):
         return real_image(t)
 
     seq.image = image
-    out = predict.predict_sequence(model, seq, tmp_path / "res", PostParams(min_size=10), seq.shape, torch.device("cpu"),
-                                   progress=False)
+    out = predict.Predictor(model, seq.shape, post=PostParams(min_size=10)).predict_sequence(seq, tmp_path / "res",
+                                                                                         progress=False)
     scores = check_accuracy(out, seq.gt_dir)
     assert scores["SEG"] > 0.95 and scores["DET"] > 0.99 and scores["TRA"] > 0.99
 
@@ -107,7 +107,7 @@ def test_empty_frame_is_a_valid_result(data, tmp_path):
     background = torch.zeros(1, 3, *shape)
     background[:, 0] = 10
     model = Oracle(background, torch.full((1, 1, *shape), -10.0))
-    out = predict.predict_sequence(model, seq, tmp_path / "res", PostParams(), shape, torch.device("cpu"), progress=False)
+    out = predict.Predictor(model, shape).predict_sequence(seq, tmp_path / "res", progress=False)
     for t in seq.frames:
         assert not read_labels(out / f"mask{t:03d}.tif").any()
     assert len(read_tracks(out / "res_track.txt")) == 0

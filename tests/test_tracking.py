@@ -16,7 +16,9 @@ from dataset.synthetic import SynthConfig, generate_sequence
 from dataset.validate import check_lineage, check_track_folder, labels_present
 from errors import UserError
 from metrics import check_accuracy
-from tracking import MAX_INPUT_LABEL, TrackParams, figures_dir_for, link, list_mask_files, relabel, track_sequence
+from dataset.ctc import list_mask_files
+from results import figures_dir_for
+from tracking import MAX_INPUT_LABEL, TrackParams, link, relabel, track_sequence
 
 VOXEL_3D = (0.125, 0.125, 0.2)  # x, y, z in µm
 VOXEL_2D = (0.125, 0.125)

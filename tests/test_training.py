@@ -1,5 +1,6 @@
 """Training: a tiny run end to end, kill -9 and resume, DDP with two CPU processes, and bad input."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,8 @@ import main
 import training
 from dataset import check_track_folder
 from dataset.synthetic import SynthConfig, write_dataset
+from inference import PostParams
+from predict import Predictor
 from training import TrainConfig
 from utils import load_checkpoint, save_checkpoint
 
@@ -44,7 +47,12 @@ def test_tiny_run_writes_checkpoints_history_and_a_valid_ctc_result(data, tmp_pa
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2] and all(float(r["val_seg"]) >= 0 for r in rows)
     state = load_checkpoint(run / "best.pt")  # weights_only=True inside
-    assert state["model_name"] == "unet" and state["epoch"] in (1, 2) and "post" in state
+    assert state["model_name"] == "unet" and state["epoch"] in (1, 2) and state["id"].endswith(f"epoch{state['epoch']}")
+    # the thresholds tuned at the end are their own record beside best.pt, and a Predictor built from
+    # best.pt alone uses exactly them
+    record = json.loads((run / "best.postprocessing.json").read_text())
+    assert record["post"] == scores["post"] and record["checkpoint_id"] == state["id"]
+    assert Predictor.from_checkpoint(run / "best.pt", "cpu").post == PostParams(**scores["post"])
     check_track_folder(run / "02_RES", kind="mask", track_name="res_track.txt")
     assert 0 <= scores["SEG"] <= 1 and 0 <= scores["TRA"] <= 1 and "DET" in scores
 
