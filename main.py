@@ -36,6 +36,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-seq", help="training sequence id (default 01)")
     p.add_argument("--val-seq", help="validation sequence id (default 02)")
     p.add_argument("--epochs", type=int)
+    p.add_argument("--steps-per-epoch", type=int, help="optimiser steps per epoch")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--crop-size", type=_shape, help="training crop Z,Y,X (also the prediction window)")
@@ -141,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def run_script(config) -> int:
+    """`python train_X.py [flags]` is `python main.py --model X [flags]` with that script's CONFIG."""
+    return main(["train", "--model", config.model, *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ training.py, shared by the three models. The architecture is models.build_model(
 """
 import sys
 
-from training import TrainConfig, run_script
+from training import TrainConfig
 
 CONFIG = TrainConfig(
     model="unet",
@@ -17,4 +17,5 @@ CONFIG = TrainConfig(
 )
 
 if __name__ == "__main__":
-    sys.exit(run_script(CONFIG))
+    import main
+    sys.exit(main.run_script(CONFIG))

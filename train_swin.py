@@ -7,7 +7,7 @@ training.py, shared by the three models. Any crop size works (padded inside to a
 """
 import sys
 
-from training import TrainConfig, run_script
+from training import TrainConfig
 
 CONFIG = TrainConfig(
     model="swinunetr",
@@ -21,4 +21,5 @@ CONFIG = TrainConfig(
 )
 
 if __name__ == "__main__":
-    sys.exit(run_script(CONFIG))
+    import main
+    sys.exit(main.run_script(CONFIG))

@@ -8,7 +8,7 @@ can be set here too. For the real Fluo-N3DH-SIM+ on a GPU, see the README.
 """
 import sys
 
-from training import TrainConfig, run_script
+from training import TrainConfig
 
 CONFIG = TrainConfig(
     model="vit_unet",
@@ -24,4 +24,5 @@ CONFIG = TrainConfig(
 )
 
 if __name__ == "__main__":
-    sys.exit(run_script(CONFIG))
+    import main
+    sys.exit(main.run_script(CONFIG))

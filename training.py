@@ -80,6 +80,7 @@ class TrainConfig:
 def apply_overrides(cfg: TrainConfig, args) -> TrainConfig:
     """Command-line flags (argparse Namespace from main.py) replace the script's values where given."""
     names = {"data": "data", "train_seq": "train_seq", "val_seq": "val_seq", "epochs": "epochs",
+             "steps_per_epoch": "steps_per_epoch",
              "batch_size": "batch_size", "lr": "lr", "crop_size": "crop_size", "device": "device", "out": "out", "seed": "seed"}
     changes = {key: getattr(args, flag) for flag, key in names.items() if getattr(args, flag, None) is not None}
     return replace(cfg, **changes)
@@ -399,10 +400,3 @@ def train_from_cli(default: TrainConfig, args) -> int:
     train(apply_overrides(default, args), resume=args.resume)
     return 0
 
-
-def run_script(config: TrainConfig) -> int:
-    """`python train_X.py [flags]` is `python main.py --model X [flags]` with X's CONFIG."""
-    import sys
-
-    import main as cli
-    return cli.main(["train", "--model", config.model, *sys.argv[1:]])

@@ -380,8 +380,3 @@ class Sequence:
     def _check_gt_shape(self, path: Path, shape) -> None:
         if tuple(shape) != self.shape:
             raise CTCFormatError(f"{path}: shape {tuple(shape)} differs from the image shape {self.shape}")
-
-    def labels_for_training(self, t: int) -> np.ndarray | None:
-        """Full instance labels of frame t for training: SEG where given as a full volume, else None."""
-        files = self.seg_files
-        return self.seg(t) if t in files else None

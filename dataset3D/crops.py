@@ -1,6 +1,6 @@
 """A torch Dataset of random training crops from CTC sequences.
 
-Volumes, targets and normalisation are computed once, when the dataset is built (`VolumeCache`);
+Volumes, targets and normalisation are computed once, before the dataset is built (`load_volumes`);
 each step only cuts, augments and converts a crop. Sample i of epoch e is drawn from a generator
 seeded by (seed, e, i), so a resumed run sees exactly the crops the interrupted one would have.
 """

@@ -150,3 +150,86 @@ def test_tune_searches_thresholds_on_a_sequence_with_gt(data, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "tuned post-processing on 3 frames" in captured.out + captured.err
     check_track_folder(out, kind="mask", track_name="res_track.txt")
+
+
+# ----------------------------------------------------------------------------- the Predictor's wiring
+def blob_model(shape):
+    """An Oracle that sees one ball in the middle of every frame."""
+    zz, yy, xx = np.meshgrid(*[np.arange(n) - n // 2 for n in shape], indexing="ij")
+    inside = torch.from_numpy(((zz / 3) ** 2 + (yy / 6) ** 2 + (xx / 6) ** 2 <= 1).astype(np.float32))
+    seg = torch.stack([1 - inside, torch.zeros_like(inside), inside])[None] * 20 - 10
+    return Oracle(seg, (inside[None, None] * 20 - 10))
+
+
+def test_from_checkpoint_takes_the_runs_window_overlap_and_voxel_size(tmp_path):
+    ckpt = tmp_path / "m.pt"
+    model = build_model("unet", **TINY_UNET)
+    save_checkpoint(ckpt, {"model_name": "unet", "model_config": model.config, "model": model.state_dict(),
+                           "crop_size": [8, 16, 32], "voxel_size": [0.3, 0.3, 1.0], "train_config": {"overlap": 0.5}})
+    p = predict.Predictor.from_checkpoint(ckpt, "cpu")
+    assert (p.window, p.overlap, p.voxel_size, p.post) == ((8, 16, 32), 0.5, (0.3, 0.3, 1.0), PostParams())
+    p = predict.Predictor.from_checkpoint(ckpt, "cpu", overlap=0.1, tta=True, window_batch=2, voxel_size=(1, 1, 2))
+    assert (p.overlap, p.tta, p.window_batch, p.voxel_size) == (0.1, True, 2, (1.0, 1.0, 2.0))
+
+
+def test_voxel_size_reaches_the_watershed(data, monkeypatch):
+    """elevation='distance' is in micrometres: the Predictor's voxel size must reach inference.instances."""
+    seen = []
+    real = predict.inference.instances
+    monkeypatch.setattr(predict.inference, "instances", lambda *a, voxel_size=None: seen.append(voxel_size) or real(*a, voxel_size=voxel_size))
+    seq = Sequence(data, "02")
+    p = predict.Predictor(blob_model(seq.shape), seq.shape, voxel_size=(0.2, 0.25, 1.5), post=PostParams(elevation="distance"))
+    labels = p.instances(seq.image(0))
+    assert seen == [(0.2, 0.25, 1.5)] and labels.max() == 1
+
+
+def test_frame_numbers_not_starting_at_zero_go_into_the_track_file(data, tmp_path):
+    root = tmp_path / "late"
+    (root / "01").mkdir(parents=True)
+    for t, f in enumerate(sorted((data / "01").glob("t*.tif"))):
+        (root / "01" / f"t{t + 5:03d}.tif").write_bytes(f.read_bytes())
+    seq = Sequence(root, "01")
+    out = predict.Predictor(blob_model(seq.shape), seq.shape, post=PostParams(min_size=10)).predict_sequence(
+        seq, tmp_path / "res", progress=False)
+    assert sorted(p.name for p in out.glob("mask*.tif")) == ["mask005.tif", "mask006.tif", "mask007.tif"]
+    assert read_tracks(out / "res_track.txt").tolist() == [[1, 5, 7, 0]]
+    check_track_folder(out, kind="mask", track_name="res_track.txt")
+
+
+def test_a_gap_in_the_frames_is_refused_before_any_work(data, tmp_path, capsys):
+    root = tmp_path / "gap"
+    (root / "01").mkdir(parents=True)
+    for t in (0, 1):
+        (root / "01" / f"t{t:03d}.tif").write_bytes((data / "01" / f"t{t:03d}.tif").read_bytes())
+    (root / "01" / "t003.tif").write_bytes((data / "01" / "t002.tif").read_bytes())
+    with pytest.warns(UserWarning, match="frames missing"):
+        code = main.main(["predict", "--checkpoint", str(checkpoint(tmp_path / "m.pt")), "--data", str(root), "--seq", "01",
+                          "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "frame 2 missing" in err and str(root / "01") in err
+    assert sorted(p.name for p in root.iterdir()) == ["01"]  # nothing written
+
+
+def test_tuned_thresholds_are_a_record_that_predict_then_uses(data, tmp_path, capsys, monkeypatch):
+    ckpt = checkpoint(tmp_path / "m.pt")
+    before = ckpt.read_bytes()
+    out = tmp_path / "tuned"
+    grid = {"fg_threshold": (0.45, 0.55), "marker_threshold": (0.35, 0.65), "min_size": (7,)}  # min_size 7: never a default
+    monkeypatch.setattr(predict.inference, "DEFAULT_GRID", grid)
+    assert main.main(["predict", "--checkpoint", str(ckpt), "--data", str(data), "--seq", "02", "--out", str(out),
+                      "--device", "cpu", "--tune"]) == 0
+    assert ckpt.read_bytes() == before  # the model is never rewritten
+    record = tmp_path / "tuned.postprocessing.json"
+    tuned, _ = predict.load_post_record(record)
+    assert tuned.min_size == 7 and tuned.fg_threshold in grid["fg_threshold"]
+    used = []
+    real = predict.inference.instances
+    monkeypatch.setattr(predict.inference, "instances", lambda s, m, params, voxel_size=None: used.append(params) or real(s, m, params, voxel_size))
+    assert main.main(["predict", "--checkpoint", str(ckpt), "--data", str(data), "--seq", "02", "--out", str(tmp_path / "again"),
+                      "--device", "cpu", "--post", str(record)]) == 0
+    assert used and all(p == tuned for p in used)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "nuclei-ctc-postprocessing/1", "post": {"fg_treshold": 0.5}}')
+    code = main.main(["predict", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(tmp_path / "x"), "--device", "cpu",
+                      "--post", str(bad)])
+    assert code == 2 and "bad.json: unknown post-processing fields ['fg_treshold']" in capsys.readouterr().err

@@ -57,6 +57,13 @@ def test_tiny_run_writes_checkpoints_history_and_a_valid_ctc_result(data, tmp_pa
     assert 0 <= scores["SEG"] <= 1 and 0 <= scores["TRA"] <= 1 and "DET" in scores
 
 
+def test_tiny_run_learns_above_a_floor(data, tmp_path):
+    """200 steps of a 0.02 M-parameter U-Net (about 10 s) must segment and track the tiny set far better than an
+    untrained network (SEG ~0.02 on it) — a broken loss, target or post-processing falls under the floor."""
+    scores = training.train(tiny(data, tmp_path / "run", epochs=5, steps_per_epoch=40, lr=1e-2, val_every=100))
+    assert scores["SEG"] > 0.35 and scores["DET"] > 0.8 and scores["TRA"] > 0.75, scores
+
+
 def test_lr_schedule_warms_up_then_decays_to_zero():
     f = [training.lr_factor(s, 10, 100) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
@@ -183,8 +190,19 @@ def test_non_finite_losses_stop_the_run_without_saving_a_nan_model(data, tmp_pat
 
 @pytest.mark.parametrize("script,model", [("train_vit2.py", "vit_unet"), ("train_swin.py", "swinunetr"),
                                           ("train3D.py", "unet")])
-def test_each_train_script_runs_on_its_own_with_its_own_model(script, model, tmp_path):
-    """`python train3D.py --data X ...` is `main.py --model unet --data X ...`: bad data gives exit 2 and names it."""
+def test_each_train_script_trains_on_its_own_with_its_own_model(script, model, data, tmp_path):
+    """`python train3D.py --data X ...` is `main.py --model unet --data X ...`: it trains its own model with its
+    own CONFIG (flags on top), and bad data gives exit 2 naming it."""
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / script), "--data", str(data), "--device", "cpu", "--epochs", "1",
+                           "--steps-per-epoch", "1", "--crop-size", "8,32,32", "--out", str(run)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = load_checkpoint(run / "best.pt")
+    config = __import__(script.removesuffix(".py")).CONFIG
+    assert state["model_name"] == model and state["train_config"]["model_args"] == json.loads(json.dumps(config.model_args))
+    assert state["train_config"]["epochs"] == 1 and state["train_config"]["steps_per_epoch"] == 1
+    assert "SEG" in json.loads((run / "scores.json").read_text())
     proc = subprocess.run([sys.executable, str(ROOT / script), "--data", str(tmp_path / "missing"), "--device", "cpu"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "missing: data set folder not found" in proc.stderr
