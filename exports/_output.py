@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dataset.ctc import replace_folder
+from dataset.fileio import replace_folder
 from errors import UserError
 
 #: The mark every export carries.

@@ -13,6 +13,7 @@ and hence its edges, always exist.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,23 +157,41 @@ def read_track_graph(folder: str | Path, voxel_size=VOXEL_SIZE_SIM) -> TrackGrap
         raise CTCFormatError(f"{folder}: frames {gaps[:5]} missing (a lineage cannot skip a frame that is not there)")
     track_path = folder / track_name
     tracks = read_tracks(track_path)
-    ts, labels, positions, volumes, present = [], [], [], [], {}
+    masks = ((t, read_labels(path, None)) for t, path in files.items())
+    return graph_from_masks(masks, tracks, voxel_size, {t: str(p) for t, p in files.items()}, str(track_path), folder)
+
+
+def graph_from_masks(masks: Iterable[tuple[int, np.ndarray]], tracks, voxel_size=VOXEL_SIZE_SIM,
+                     names: dict[int, str] | None = None, track_file: str = "tracks", source: Path | None = None) -> TrackGraph:
+    """The TrackGraph of (t, track-labelled mask) pairs and their rows (L, B, E, P), checked against the CTC rules.
+
+    masks are consumed one at a time (only centroids and sizes are kept); names: frame -> file, for messages.
+    """
+    tracks = np.asarray(tracks, dtype=np.int64).reshape(-1, 4)
+    ts, labels, positions, volumes, present, frames = [], [], [], [], {}, []
     shape = None
-    for t, path in files.items():
-        mask = read_labels(path, None)
-        if mask.ndim not in (2, 3):
-            raise CTCFormatError(f"{path}: expected a 2D or 3D label image, found shape {mask.shape}")
+    for t, mask in masks:
+        where = names[t] if names and t in names else f"frame {t}"
+        mask = np.asarray(mask)
+        if mask.ndim not in (2, 3) or not np.issubdtype(mask.dtype, np.integer):
+            raise CTCFormatError(f"{where}: expected a 2D or 3D integer label image, found {mask.dtype} {mask.shape}")
         if shape is None:
             shape = mask.shape
         elif mask.shape != shape:
-            raise CTCFormatError(f"{path}: shape {mask.shape} differs from the first frame's {shape}")
+            raise CTCFormatError(f"{where}: shape {mask.shape} differs from the first frame's {shape}")
         lab, vol, cen = measure(mask)
         present[t] = lab
+        frames.append(int(t))
         ts.append(np.full(lab.size, t, dtype=np.int64))
         labels.append(lab)
         positions.append(cen)
         volumes.append(vol)
-    problems = lineage_problems(tracks, present, {t: str(p) for t, p in files.items()}, str(track_path))
+    if shape is None:
+        raise CTCFormatError(f"{source or track_file}: no frames")
+    gaps = frame_gaps(frames)
+    if gaps or frames != sorted(frames):
+        raise CTCFormatError(f"{source or track_file}: frames must be consecutive and in order, got {frames[:10]}")
+    problems = lineage_problems(tracks, present, names, track_file)
     if problems:
         more = f" (and {len(problems) - 1} more CTC rule(s) broken)" if len(problems) > 1 else ""
         raise CTCFormatError(problems[0] + more)
@@ -182,11 +201,10 @@ def read_track_graph(folder: str | Path, voxel_size=VOXEL_SIZE_SIM) -> TrackGrap
         size = size[:2]
     if len(size) != ndim or min(size) <= 0:
         raise UserError(f"--voxel-size {' '.join(map(str, voxel_size))}: expected {ndim} positive values (x y"
-                        f"{' z' if ndim == 3 else ''}) in micrometres for the {ndim}D masks of {folder}")
-    t = np.concatenate(ts)
-    label = np.concatenate(labels)
-    graph = TrackGraph(t, label, np.concatenate(positions).reshape(-1, ndim), np.concatenate(volumes), np.zeros((0, 2), np.int64),
-                       tracks, size, tuple(int(s) for s in shape), folder, list(files))
+                        f"{' z' if ndim == 3 else ''}) in micrometres for the {ndim}D masks of {source or track_file}")
+    graph = TrackGraph(np.concatenate(ts), np.concatenate(labels), np.concatenate(positions).reshape(-1, ndim),
+                       np.concatenate(volumes), np.zeros((0, 2), np.int64), tracks, size, tuple(int(s) for s in shape),
+                       source, frames)
     graph.edges = _edges(graph)
     return graph
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.ctc import atomic_path
+from dataset.fileio import atomic_path
 
 from ._output import WRITTEN_BY, check_target, head
 from .graph import TrackGraph

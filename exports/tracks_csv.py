@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.ctc import atomic_path
+from dataset.fileio import atomic_path
 
 from ._output import check_target, head
 from .graph import TrackGraph

@@ -1,0 +1,24 @@
+"""npe2 reader: open a CTC data set root, sequence, result or ground-truth folder (drag and drop a folder)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._ctc import folder_kind, layers_of
+
+
+def get_reader(path):
+    """The reader function for `path` when it is a CTC folder napari should hand to us, else None."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    if folder_kind(Path(path)) is None:
+        return None
+    return read_ctc
+
+
+def read_ctc(path) -> list[tuple]:
+    """Layer data tuples (data, metadata, layer type) of one CTC folder."""
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    return layers_of(Path(path))
