@@ -12,6 +12,7 @@ from pathlib import Path
 from dataset import Sequence
 from dataset.ctc import VOXEL_SIZE_SIM, CTCFormatError, ResultFolder, check_consecutive, list_mask_files, read_labels, tiff_shape
 from errors import UserError
+from figures import check_free
 from results import figures_dir_for, write_tracked_result
 from tracking import TrackParams, axis_spacing
 
@@ -37,8 +38,11 @@ def predict_command(args) -> int:
     predictor.check_image(seq.shape, 1, str(seq.image_dir))
     check_consecutive(seq.frames, str(seq.image_dir))
     out = Path(args.out) if args.out else seq.root / f"{seq.seq}_RES"
-    ResultFolder.check_free(out, args.overwrite)
+    inputs = [seq.image_dir, seq.gt_dir, Path(args.checkpoint), *([Path(args.post)] if args.post else [])]
+    ResultFolder.check(out, args.overwrite, inputs)
     figures_dir = figures_dir_for(out) if args.figures else None
+    if figures_dir is not None:
+        check_free(figures_dir, args.overwrite, inputs)
     if args.tune:
         if not seq.has_gt:
             raise UserError(f"--tune needs ground truth: {seq.gt_dir} not found")
@@ -46,7 +50,7 @@ def predict_command(args) -> int:
         record = save_post_record(out.with_name(out.name + ".postprocessing.json"), post, seg, predictor.checkpoint_id,
                                   {"data": str(seq.image_dir), "frames": seq.seg_frames})
         print(f"wrote {record} (use it with --post {record})")
-    predictor.predict_sequence(seq, out, overwrite=args.overwrite, figures_dir=figures_dir)
+    predictor.predict_sequence(seq, out, overwrite=args.overwrite, figures_dir=figures_dir, inputs=inputs)
     print(f"wrote {out} ({len(seq.frames)} frames) with {predictor}")
     if seq.has_gt and (seq.gt_dir / "TRA").is_dir():
         print(format_table(check_accuracy(out, seq.gt_dir)))
@@ -77,12 +81,14 @@ def track_command(args) -> int:
     axis_spacing(voxel_size, ndim)  # fail before reading any frame
     params = track_params(args)
     out = Path(args.out)
-    if out.resolve() == Path(args.masks).resolve():
-        raise UserError(f"--out {out}: must differ from the masks folder")
-    ResultFolder.check_free(out, args.overwrite)
+    inputs = [Path(args.masks)]
+    ResultFolder.check(out, args.overwrite, inputs)
     figures_dir = figures_dir_for(out) if args.figures else None
+    if figures_dir is not None:
+        check_free(figures_dir, args.overwrite, inputs)
     masks = ((t, read_labels(files[t], ndim)) for t in frames)
-    tracks = write_tracked_result(masks, frames, out, voxel_size, params, args.overwrite, figures_dir, names=files)
+    tracks = write_tracked_result(masks, frames, out, voxel_size, params, args.overwrite, figures_dir, names=files,
+                                  inputs=inputs)
     children = {}
     for parent in tracks[:, 3].tolist():
         if parent:

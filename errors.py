@@ -15,3 +15,7 @@ class ConfigError(UserError, ValueError):
 
 class CheckpointError(UserError):
     """A checkpoint (or its post-processing record) is missing, unreadable or not one of this project's."""
+
+
+class OutputError(UserError):
+    """An output would replace or mix with something this project did not write (inputs, a user's files)."""

@@ -6,8 +6,6 @@ file and renamed, and `FigureFolder` makes a whole folder of them appear only wh
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from dataset.ctc import atomic_path, replace_folder
+from dataset.fileio import MARK, OutputFolder, atomic_path, check_output
 from errors import UserError
 
 
@@ -153,36 +151,32 @@ def save_lineage_tree(path: str | Path, tracks, title: str | None = None) -> Non
     _save(fig, path)
 
 
-class FigureFolder:
-    """A folder of figures that appears only when complete (written in a hidden sibling, then renamed).
+def is_figures_folder(folder: Path) -> bool:
+    """The content rule of a figures folder written before markers existed: PNG files only."""
+    names = [p.name for p in Path(folder).iterdir() if p.name != MARK]
+    return bool(names) and all(n.endswith(".png") for n in names)
+
+
+class FigureFolder(OutputFolder):
+    """A folder of figures that appears only when complete (written in a hidden sibling, then renamed);
+    with `overwrite` it replaces only a figures folder this project wrote.
 
         with FigureFolder(out_figures, overwrite=True) as folder:
             save_projection(folder / "projection_000.png", image, labels)
+
+    Args:
+        path: the figures folder.
+        overwrite: replace an existing figures folder written by this project.
+        inputs: paths the folder must not be, hold or lie inside.
     """
 
-    def __init__(self, path: str | Path, overwrite: bool = False):
-        self.path = Path(path)
-        self.overwrite = overwrite
-        self.tmp: Path | None = None
-
-    def __enter__(self) -> Path:
-        check_free(self.path, self.overwrite)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        replace_folder(self.tmp, self.path)
+    def __init__(self, path: str | Path, overwrite: bool = False, inputs=()):
+        super().__init__(path, "figures", overwrite, inputs, is_figures_folder, what="figures folder", marked=False)
 
 
-def check_free(path: str | Path, overwrite: bool) -> None:
-    """Refuse to replace a non-empty folder unless `overwrite`."""
-    path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise UserError(f"{path}: figures folder is not empty (use --overwrite to replace it)")
+def check_free(path: str | Path, overwrite: bool, inputs=()) -> None:
+    """Refuse a figures folder that would lose anything (see `dataset.fileio.check_output`)."""
+    check_output(path, overwrite, "figures", inputs, is_figures_folder, what="figures folder")
 
 
 # --------------------------------------------------------------------------- training

@@ -203,10 +203,12 @@ class Predictor:
 
     # ------------------------------------------------------------------ a sequence
     def predict_sequence(self, seq: Sequence, out: str | Path, overwrite: bool = False, figures_dir=None,
-                         progress: bool = True) -> Path:
+                         progress: bool = True, inputs=()) -> Path:
         """Segment every frame of `seq`, track, and write the CTC result folder `out` atomically
-        (and PNG projections and a lineage tree to `figures_dir`). Gaps in the frame numbers are refused."""
+        (and PNG projections and a lineage tree to `figures_dir`). Gaps in the frame numbers are refused;
+        so is an output that is, holds or lies inside the sequence, its GT or `inputs` (e.g. the checkpoint)."""
         self.check_image(seq.shape, 1, str(seq.image_dir))
+        inputs = [seq.image_dir, seq.gt_dir, *inputs]
 
         def segmented():
             for t in tqdm(seq.frames, desc=f"predicting {seq.image_dir.name}", unit="frame", disable=not progress):
@@ -214,5 +216,5 @@ class Predictor:
 
         write_tracked_result(segmented(), seq.frames, out, self.spacing(len(seq.shape)), self.track, overwrite,
                              figures_dir, image=seq.image, names={t: p.name for t, p in seq.files.items()},
-                             progress=False)
+                             inputs=inputs, progress=False)
         return Path(out)

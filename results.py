@@ -29,19 +29,22 @@ from tracking import TrackParams, track_sequence
 def write_tracked_result(masks: Iterable[tuple[int, np.ndarray]], frames, out: str | Path, voxel_size,
                          params: TrackParams | None = None, overwrite: bool = False, figures_dir: str | Path | None = None,
                          image: Callable[[int], np.ndarray] | None = None, names: dict[int, str] | None = None,
-                         progress: bool = True, desc: str = "linking") -> np.ndarray:
+                         inputs=(), progress: bool = True, desc: str = "linking") -> np.ndarray:
     """Track the instance masks `masks` ((t, mask) pairs in the order of `frames`) into the CTC result `out`.
 
     voxel_size: (x, y[, z]) µm for the tracker's gates; figures_dir: also write a PNG projection per frame
-    (over `image(t)` when given) and a lineage tree there; names: frame -> file, for messages.
+    (over `image(t)` when given) and a lineage tree there; names: frame -> file, for messages; inputs: folders
+    and files that neither output may be, hold or lie inside (with `overwrite`, only folders this project
+    wrote are replaced).
     Returns the track rows (L, B, E, P). The result folder is checked against the CTC rules before it appears.
     """
     out = Path(out)
     frames = check_consecutive(frames, str(out))
+    ResultFolder.check(out, overwrite, inputs)
     if figures_dir is not None:
         from figures import check_free
-        check_free(figures_dir, overwrite)
-    with ResultFolder(out, n_frames=frames[-1] + 1, overwrite=overwrite) as result, _figure_folder(figures_dir, overwrite) as fig_dir:
+        check_free(figures_dir, overwrite, inputs)
+    with ResultFolder(out, frames[-1] + 1, overwrite, inputs) as result, _figure_folder(figures_dir, overwrite, inputs) as fig_dir:
         scratch = result.tmp / ".masks"
         scratch.mkdir()
         try:
@@ -68,11 +71,11 @@ def write_tracked_result(masks: Iterable[tuple[int, np.ndarray]], frames, out: s
     return tracks
 
 
-def _figure_folder(path, overwrite: bool):
+def _figure_folder(path, overwrite: bool, inputs):
     if path is None:
         return nullcontext()
     from figures import FigureFolder
-    return FigureFolder(path, overwrite)
+    return FigureFolder(path, overwrite, inputs)
 
 
 def figures_dir_for(result_dir: str | Path) -> Path:

@@ -13,8 +13,6 @@ Every bad input raises `CTCFormatError`, whose message names the file and what i
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import tifffile
 
 from errors import UserError
 
-from .fileio import atomic_path, replace_folder  # noqa: F401  (re-exported: older imports)
+from .fileio import MARK, OutputFolder, atomic_path, check_output, replace_folder  # noqa: F401  (atomic_path, replace_folder: older imports)
 
 #: Voxel size of Fluo-N3DH-SIM+ in micrometres, in (x, y, z) order as the CTC states it.
 VOXEL_SIZE_SIM = (0.125, 0.125, 0.200)
@@ -221,36 +219,47 @@ def frame_name(prefix: str, t: int, n_frames: int) -> str:
     return f"{prefix}{t:0{digits}d}.tif"
 
 
+def is_result_folder(folder: Path) -> bool:
+    """The content rule of a CTC result folder: only `maskNNN.tif` files and `res_track.txt` (and our marker)."""
+    names = [p.name for p in Path(folder).iterdir() if p.name != MARK]
+    return bool(names) and all(PATTERNS["mask"].match(n) or n == "res_track.txt" for n in names)
+
+
 class ResultFolder:
     """Writes a CTC result folder (`maskNNN.tif`, `res_track.txt`) that appears only when complete.
 
     Files go to a hidden sibling folder; on a clean exit of the `with` block it is renamed into
-    place, so an interrupted run never leaves a folder that looks like a finished result.
+    place, so an interrupted run never leaves a folder that looks like a finished result. With
+    `overwrite` it replaces only a result folder this project wrote, never one of `inputs`.
 
-        with ResultFolder(out, n_frames=len(frames), overwrite=True) as res:
+        with ResultFolder(out, n_frames=len(frames), overwrite=True, inputs=[seq.image_dir]) as res:
             for t, mask in ...: res.write_mask(t, mask)
             res.write_tracks(tracks)
+
+    Args:
+        path: the result folder to write.
+        n_frames: the number of frames of the sequence (file names get 4 digits past 1000).
+        overwrite: replace an existing result folder written by this project.
+        inputs: folders and files the result must not be, hold or lie inside (raw frames, GT, masks).
+        track_name: the track file's name.
     """
 
-    def __init__(self, path: str | Path, n_frames: int, overwrite: bool = False, track_name: str = "res_track.txt"):
+    def __init__(self, path: str | Path, n_frames: int, overwrite: bool = False, inputs=(),
+                 track_name: str = "res_track.txt"):
         self.path = Path(path)
         self.n_frames = n_frames
-        self.overwrite = overwrite
         self.track_name = track_name
+        self.folder = OutputFolder(self.path, "result", overwrite, inputs, is_result_folder, marked=False)
         self.tmp: Path | None = None
         self._tracks_written = False
 
     @staticmethod
-    def check_free(path: str | Path, overwrite: bool) -> None:
-        """Refuse an output folder that holds something, unless `overwrite` (call it before long work starts)."""
-        path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-            raise CTCFormatError(f"{path}: output folder is not empty (use --overwrite to replace it)")
+    def check(path: str | Path, overwrite: bool, inputs=()) -> None:
+        """Refuse an output that would lose data (see `fileio.check_output`); call it before long work starts."""
+        check_output(path, overwrite, "result", inputs, is_result_folder)
 
     def __enter__(self) -> "ResultFolder":
-        self.check_free(self.path, self.overwrite)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent))
+        self.tmp = self.folder.__enter__()
         return self
 
     def write_mask(self, t: int, mask: np.ndarray, prefix: str = "mask") -> Path:
@@ -266,12 +275,10 @@ class ResultFolder:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None and not self._tracks_written:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise CTCFormatError(f"{self.path}: result folder closed without a track file")
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        replace_folder(self.tmp, self.path)
+            err = CTCFormatError(f"{self.path}: result folder closed without a track file")
+            self.folder.__exit__(CTCFormatError, err, None)
+            raise err
+        self.folder.__exit__(exc_type, exc, tb)
 
 
 # ----------------------------------------------------------------------------- sequences

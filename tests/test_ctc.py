@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from errors import UserError
+
 import main
 from dataset import (CTCFormatError, ResultFolder, Sequence, check_lineage, check_track_folder, labels_present,
                      lineage_problems, read_labels, read_tracks, write_tiff, write_tracks)
@@ -101,16 +103,22 @@ def test_interrupted_result_folder_leaves_nothing_that_looks_complete(tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_result_folder_refuses_non_empty_output_unless_overwrite(tmp_path):
+def test_result_folder_refuses_non_empty_output_and_replaces_only_a_result_folder(tmp_path):
     out = tmp_path / "res"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(CTCFormatError, match="not empty"):
+    with pytest.raises(UserError, match="not empty"):
         ResultFolder(out, 1).__enter__()
-    with ResultFolder(out, 1, overwrite=True) as res:
-        res.write_mask(0, np.zeros((2, 2, 2), np.uint16))
-        res.write_tracks([])
-    assert sorted(p.name for p in out.iterdir()) == ["mask000.tif", "res_track.txt"]
+    with pytest.raises(UserError, match="replaces only a result folder this tool wrote"):
+        ResultFolder(out, 1, overwrite=True).__enter__()
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and not list(tmp_path.glob(".*"))
+    (out / "keep.txt").unlink()
+    for t in range(2):  # a result folder (its content rule) is replaced, and holds only the CTC files
+        with ResultFolder(out, 1, overwrite=True) as res:
+            res.write_mask(t, np.zeros((2, 2, 2), np.uint16))
+            res.write_tracks([])
+        assert sorted(p.name for p in out.iterdir()) == [f"mask{t:03d}.tif", "res_track.txt"]
+    assert not list(tmp_path.glob(".*"))  # no lock, no partial folder left
 
 
 def test_write_tiff_is_atomic_on_failure(tmp_path, monkeypatch):

@@ -214,14 +214,14 @@ def test_tuned_thresholds_are_a_record_that_predict_then_uses(data, tmp_path, ca
     ckpt = checkpoint(tmp_path / "m.pt")
     before = ckpt.read_bytes()
     out = tmp_path / "tuned"
-    grid = {"fg_threshold": (0.45, 0.55), "marker_threshold": (0.35, 0.65), "min_size": (7,)}  # min_size 7: never a default
-    monkeypatch.setattr(predict.inference, "DEFAULT_GRID", grid)
+    found = PostParams(fg_threshold=0.45, marker_threshold=0.65, min_size=7)  # what the search "finds": no default
+    monkeypatch.setattr(predict.inference, "tune_postprocessing", lambda pairs, gts, grid, base, voxel_size: (found, 0.5))
     assert main.main(["predict", "--checkpoint", str(ckpt), "--data", str(data), "--seq", "02", "--out", str(out),
                       "--device", "cpu", "--tune"]) == 0
     assert ckpt.read_bytes() == before  # the model is never rewritten
     record = tmp_path / "tuned.postprocessing.json"
     tuned, _ = predict.load_post_record(record)
-    assert tuned.min_size == 7 and tuned.fg_threshold in grid["fg_threshold"]
+    assert tuned == found
     used = []
     real = predict.inference.instances
     monkeypatch.setattr(predict.inference, "instances", lambda s, m, params, voxel_size=None: used.append(params) or real(s, m, params, voxel_size))
