@@ -20,6 +20,37 @@ MODELS = {"vit_unet": "train_vit2", "swinunetr": "train_swin", "unet": "train3D"
 COMMANDS = ("train", "synth", "predict", "track", "evaluate")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors: `error: argument --lr: must be > 0, got 0` and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind, low=None, low_open=False, high=None, high_open=False):
+    """An argparse type: a finite number of `kind` within the given bounds."""
+    import math
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {text!r}")
+        if high is not None and (value >= high if high_open else value > high):
+            raise argparse.ArgumentTypeError(f"must be {'<' if high_open else '<='} {high}, got {text!r}")
+        return value
+    return parse
+
+
+POSITIVE_INT, NON_NEGATIVE_INT = _number(int, 1), _number(int, 0)
+POSITIVE, FRACTION = _number(float, 0, low_open=True), _number(float, 0, high=1)
+OVERLAP = _number(float, 0, high=1, high_open=True)
+
+
 def _shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in text.split(","))
@@ -35,21 +66,23 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="CTC data set root (default: the synthetic set, generated once under data/)")
     p.add_argument("--train-seq", help="training sequence id (default 01)")
     p.add_argument("--val-seq", help="validation sequence id (default 02)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--steps-per-epoch", type=int, help="optimiser steps per epoch")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=POSITIVE_INT)
+    p.add_argument("--steps-per-epoch", type=POSITIVE_INT, help="optimiser steps per epoch")
+    p.add_argument("--batch-size", type=POSITIVE_INT)
+    p.add_argument("--lr", type=POSITIVE)
     p.add_argument("--crop-size", type=_shape, help="training crop Z,Y,X (also the prediction window)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", help="run folder (default runs/<model>-<time>/)")
     p.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
                    help="continue a run: a checkpoint file, or (no value) last.pt in --out")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=NON_NEGATIVE_INT)
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an existing run folder of this tool (the old run is kept until the new one's first checkpoint)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="main.py", description="3D nucleus segmentation and tracking (Cell Tracking Challenge format).")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = Parser(prog="main.py", description="3D nucleus segmentation and tracking (Cell Tracking Challenge format).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("train", help="train a model and report SEG/DET/TRA (the default command: `main.py --model NAME`)")
     p.add_argument("--model", choices=sorted(MODELS), default="vit_unet")
@@ -57,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic SIM+-like CTC data set (sequences 01 and 02 with GT)")
     p.add_argument("--out", required=True, help="data set root to create")
-    p.add_argument("--frames", type=int, default=None, help="frames per sequence")
+    p.add_argument("--frames", type=POSITIVE_INT, default=None, help="frames per sequence")
     p.add_argument("--shape", type=_shape, default=None, help="volume size Z,Y,X")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
 
     p = sub.add_parser("predict", help="segment and track a sequence with a trained checkpoint, write CTC results")
@@ -69,10 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="result folder (default ROOT/<seq>_RES)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the training run's)")
+    p.add_argument("--overlap", type=OVERLAP, help="sliding-window overlap in [0, 1) (default: the training run's)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over all mirror flips (2^ndim x slower)")
-    p.add_argument("--window-batch", type=int, help="windows per forward pass (default 4)")
-    p.add_argument("--voxel-size", type=float, nargs="+", metavar="S",
+    p.add_argument("--window-batch", type=POSITIVE_INT, help="windows per forward pass (default 4)")
+    p.add_argument("--voxel-size", type=POSITIVE, nargs="+", metavar="S",
                    help="x y [z] in micrometres (default: the training data's, stored in the checkpoint)")
     p.add_argument("--tune", action="store_true",
                    help="tune the watershed thresholds on this sequence's GT first (writes <OUT>.postprocessing.json)")
@@ -82,17 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("track", help="track existing per-frame instance masks into CTC results")
     p.add_argument("--masks", required=True, help="folder of per-frame instance masks (*.tif, frame number in the name)")
     p.add_argument("--out", required=True)
-    p.add_argument("--voxel-size", type=float, nargs="+", default=None, metavar="S", help="x y [z] in micrometres")
+    p.add_argument("--voxel-size", type=POSITIVE, nargs="+", default=None, metavar="S", help="x y [z] in micrometres")
     gates = TrackParams()
-    p.add_argument("--max-distance", type=float, metavar="UM",
+    p.add_argument("--max-distance", type=POSITIVE, metavar="UM",
                    help=f"largest centroid move between frames for a link, µm (default {gates.max_distance})")
-    p.add_argument("--min-iou", type=float, metavar="F",
+    p.add_argument("--min-iou", type=FRACTION, metavar="F",
                    help=f"pairs overlapping at least this (IoU, 0-1) link at any distance (default {gates.min_iou})")
-    p.add_argument("--division-distance", type=float, metavar="UM",
+    p.add_argument("--division-distance", type=POSITIVE, metavar="UM",
                    help=f"largest mother-to-daughter centroid distance, µm (default {gates.division_distance})")
-    p.add_argument("--max-gap", type=int, metavar="FRAMES",
+    p.add_argument("--max-gap", type=NON_NEGATIVE_INT, metavar="FRAMES",
                    help=f"most frames an object may be missing before its track continues (default {gates.max_gap})")
-    p.add_argument("--gap-distance", type=float, metavar="UM",
+    p.add_argument("--gap-distance", type=POSITIVE, metavar="UM",
                    help=f"largest centroid distance across a gap, µm (default {gates.gap_distance})")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--figures", action="store_true")
@@ -139,9 +172,25 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the file system said no: one line naming the file, never a traceback
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def describe_os_error(err: OSError) -> str:
+    """`path: what went wrong` for a file-system error (a full disk, a read-only folder, a folder given as a file)."""
+    import errno
+    where = err.filename or "a file"
+    if err.errno == errno.ENOSPC:
+        return f"{where}: the disk is full (no space left on device); files written before are intact"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{where}: not allowed to write or read there ({err.strerror})"
+    if err.errno == errno.EISDIR:
+        return f"{where}: is a folder, expected a file"
+    return f"{where}: {err.strerror or err}"
 
 
 def run_script(config) -> int:

@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
@@ -32,9 +33,9 @@ from tqdm import tqdm
 
 import figures
 from dataset import VOXEL_SIZE_SIM, Sequence
-from dataset.fileio import atomic_path, write_json
+from dataset.fileio import MARK, atomic_path, check_output, make_dir, mark, write_json
 from dataset3D import AugmentConfig, CropDataset, load_volumes
-from errors import UserError
+from errors import OutputError, UserError
 from losses import PARTS, LossWeights, combined_loss
 from metrics import seg_score
 from models import build_model
@@ -146,9 +147,9 @@ def num_workers(cfg: TrainConfig) -> int:
 
 
 # --------------------------------------------------------------------------- the Trainer
-def train(cfg: TrainConfig, resume: str | None = None) -> dict:
+def train(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) -> dict:
     """Train, validate, save; returns the final scores (rank 0) or {} (other ranks)."""
-    return Trainer(cfg, resume).fit()
+    return Trainer(cfg, resume, overwrite).fit()
 
 
 class Trainer:
@@ -158,10 +159,13 @@ class Trainer:
     Args:
         cfg: the run's configuration (a train script's CONFIG with the command-line flags applied).
         resume: a checkpoint to continue from, or "last" for `<cfg.out>/last.pt`; None starts afresh.
+        overwrite: start afresh in an existing run folder of this tool: it is moved aside to
+            `<out>.previous-<time>` and removed once the new run has written its first checkpoint.
     """
 
-    def __init__(self, cfg: TrainConfig, resume: str | None = None):
-        self.cfg, self.resume = cfg, resume
+    def __init__(self, cfg: TrainConfig, resume: str | None = None, overwrite: bool = False):
+        self.cfg, self.resume, self.overwrite = cfg, resume, overwrite
+        self.previous: Path | None = None
         self.ddp = Distributed(cfg.device)
         self.device = self.ddp.device
         self.amp = cfg.amp and self.device.type == "cuda"
@@ -208,6 +212,8 @@ class Trainer:
         if not self.train_seq.has_gt:
             raise UserError(f"{self.train_seq.gt_dir}: training sequence {cfg.train_seq} has no ground truth")
         self.val_seq = Sequence(root, cfg.val_seq, cfg.voxel_size)
+        if state is None:
+            self.check_run_folder()
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.model = build_model(cfg.model, **cfg.model_args).to(self.device)
@@ -246,11 +252,31 @@ class Trainer:
         if self.ddp.main:
             print(f"resumed {self.out} at epoch {self.start_epoch} (best validation SEG so far {self.best:.4f})")
 
+    def check_run_folder(self) -> None:
+        """Never replace a trained model silently, never write into the data: refuse a run folder that is,
+        holds or lies inside the training or validation data, and one that already holds something unless
+        `overwrite` (then only a run folder of this tool, which `announce` moves aside)."""
+        seqs = (self.train_seq, self.val_seq)
+        inputs = [d for seq in seqs for d in (seq.image_dir, seq.gt_dir)]
+        try:
+            check_output(self.out, self.overwrite, "run", inputs, is_run_folder, what="run folder")
+        except OutputError as err:
+            if self.out.is_dir() and not self.overwrite and is_run_folder(self.out):
+                raise OutputError(f"{self.out}: already holds a training run; use --resume to continue it, "
+                                  f"--overwrite to start over, or another --out") from err
+            raise
+
     def announce(self) -> None:
-        """Create the run folder, write config.json and say what is about to be trained (rank 0)."""
+        """Create the run folder (moving a run it replaces aside), write config.json and say what is about
+        to be trained (rank 0)."""
         if not self.ddp.main:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.start_epoch == 1 and self.out.is_dir() and any(self.out.iterdir()):  # --overwrite, checked in setup
+            self.previous = self.out.with_name(f"{self.out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(self.out, self.previous)
+            print(f"moved the previous run {self.out} to {self.previous}; it is removed after the first checkpoint")
+        make_dir(self.out)
+        mark(self.out, "run")
         write_json(self.out / "config.json", config_dict(self.cfg))
         world = f" x{self.ddp.world}" if self.ddp.world > 1 else ""
         print(f"training {self.cfg.model} ({sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters) "
@@ -312,6 +338,9 @@ class Trainer:
             save_checkpoint(self.out / "last.pt", ckpt)
             if improved:
                 save_checkpoint(self.out / "best.pt", ckpt)
+            if self.previous is not None:
+                shutil.rmtree(self.previous, ignore_errors=True)
+                self.previous = None
             write_history(self.out, self.history)
             tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         self.ddp.barrier()
@@ -372,6 +401,17 @@ class Trainer:
         return scores
 
 
+RUN_FILES = ("last.pt", "best.pt", "config.json", "history.csv", "scores.json", "figures", "best.postprocessing.json")
+
+
+def is_run_folder(folder: Path) -> bool:
+    """The content rule of a run folder written before markers existed: config.json and a checkpoint,
+    and nothing but what a run writes."""
+    names = {p.name for p in Path(folder).iterdir()} - {MARK}
+    return ("config.json" in names and bool(names & {"last.pt", "best.pt"})
+            and all(n in RUN_FILES or n.endswith("_RES") or n.startswith(".") for n in names))
+
+
 def evenly_spaced(items, n: int):
     items = list(items)
     if n >= len(items):
@@ -397,6 +437,6 @@ def write_history(out: Path, history: list[dict]) -> None:
 
 def train_from_cli(default: TrainConfig, args) -> int:
     """Entry of each train script: its defaults, overridden by the flags main.py parsed."""
-    train(apply_overrides(default, args), resume=args.resume)
+    train(apply_overrides(default, args), resume=args.resume, overwrite=getattr(args, "overwrite", False))
     return 0
 
