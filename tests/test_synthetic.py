@@ -254,3 +254,47 @@ def test_default_dataset_is_generated_once_and_regenerated_when_the_config_chang
     with pytest.raises(CTCFormatError, match="not a synthetic data set"):
         ensure_default_dataset(foreign, cfg)
     assert (foreign / "notes.txt").read_text() == "my data"
+
+
+# ----------------------------------------------------------------------------- presets
+def test_demo_preset_is_the_default_and_unknown_presets_are_refused():
+    assert synthetic.preset_config() == synthetic.preset_config("demo") == SynthConfig()
+    assert synthetic.preset_config("sim+") is not synthetic.PRESETS["sim+"]  # a copy: callers may replace() it
+    with pytest.raises(UserError, match="--preset 'sim'.*demo, sim\\+"):
+        synthetic.preset_config("sim")
+
+
+def test_sim_preset_has_the_real_data_scale():
+    """Nuclei of about 32 x 50 x 50 voxels (6-7 um) in 59 x 350 x 330 frames, touching, one piece each."""
+    cfg = replace(synthetic.preset_config("sim+"), frames=2)
+    images, labels, tracks = generate_sequence(cfg, seed=0)
+    assert images[0].shape == labels[0].shape == (59, 350, 330) and len(images) == 2
+    spacing = np.array(cfg.voxel_size[::-1])
+    for label in labels:
+        boxes = [b for b in ndimage.find_objects(label) if b is not None]
+        extents = np.array([[s.stop - s.start for s in b] for b in boxes])
+        z, y, x = np.median(extents, axis=0)
+        assert 27 <= z <= 38 and 44 <= y <= 58 and 44 <= x <= 58, (z, y, x)
+        counts = np.bincount(label.ravel())[1:]
+        diameter = np.median((6 * counts[counts > 0] * spacing.prod() / np.pi) ** (1 / 3))
+        assert 5.8 <= diameter <= 7.4  # 2 x 26.5 x 0.125 = 6.6 um before divisions
+        assert 12 <= len(boxes) <= 40 and 0.08 <= (label > 0).mean() <= 0.2
+        assert len(touching_pairs(label)) >= 2
+        for value, box in enumerate(ndimage.find_objects(label), start=1):
+            if box is not None:
+                assert ndimage.label(label[box] == value)[1] == 1
+    assert SNR_RANGE[0] <= snr(images[0], labels[0]) <= SNR_RANGE[1]
+
+
+def test_cli_preset_with_overrides(tmp_path, capsys):
+    from argparse import Namespace
+    out = tmp_path / "simplus"
+    args = Namespace(out=str(out), frames=3, shape=(59, 128, 120), seed=1, overwrite=False, preset="sim+")
+    assert synthetic.synth_command(args) == 0
+    meta = json.loads((out / "synth.json").read_text())
+    assert meta["config"]["radius_xy"] == list(synthetic.PRESETS["sim+"].radius_xy)
+    assert meta["config"]["shape"] == [59, 128, 120] and meta["config"]["frames"] == 3
+    assert Sequence(out, "01").shape == (59, 128, 120)
+    no_preset = Namespace(out=str(tmp_path / "demo"), frames=2, shape=None, seed=0, overwrite=False)  # no --preset yet
+    assert synthetic.synth_command(no_preset) == 0
+    assert json.loads((tmp_path / "demo" / "synth.json").read_text())["config"] == synthetic._jsonable(SynthConfig(frames=2))
