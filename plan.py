@@ -506,9 +506,12 @@ class Plan:
         return {"max_distance": self.max_distance, "division_distance": self.division_distance,
                 "gap_distance": self.gap_distance}
 
-    def size_limits(self) -> dict:
-        """{"min_size", "min_marker_size"} in working voxels, for inference.PostParams."""
-        return {"min_size": self.min_size, "min_marker_size": self.min_marker_size}
+    def size_limits(self, native: bool = False) -> dict:
+        """{"min_size", "min_marker_size"} for inference.PostParams: in working voxels, or (native=True) in
+        native voxels, for a watershed run on the native grid after the probabilities were brought back."""
+        scale = float(np.prod(self.spacing) / np.prod(self.native_spacing)) if native else 1.0
+        return {"min_size": max(1, int(round(self.min_size * scale))) if self.min_size else 0,
+                "min_marker_size": max(1, int(round(self.min_marker_size * scale))) if self.min_marker_size else 0}
 
     def to_json(self) -> dict:
         """A plain dict (str, int, float, bool, None, list, dict only): fit for JSON and torch.load(weights_only=True)."""

@@ -311,6 +311,9 @@ def test_working_shape_and_gates():
     assert p.gap_distance >= p.max_distance and p.division_distance >= p.max_distance
     assert set(p.tracking_gates()) == {"max_distance", "division_distance", "gap_distance"}
     assert p.size_limits() == {"min_size": p.min_size, "min_marker_size": p.min_marker_size}
+    native = p.size_limits(native=True)  # the same volume in (smaller) native voxels
+    assert native["min_size"] == pytest.approx(p.min_size / np.prod(p.zoom), rel=0.01)
+    assert native["min_marker_size"] == pytest.approx(p.min_marker_size / np.prod(p.zoom), rel=0.05)
     assert p.working_shape((59, 350, 330)) == tuple(p.shape)
     assert p.working_shape((59, 350, 330), native_spacing=[s / 2 for s in p.native_spacing]) == tuple(
         max(1, round(n / 2 * z)) for n, z in zip((59, 350, 330), p.zoom))
