@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dataset import Sequence
 from dataset.ctc import VOXEL_SIZE_SIM, CTCFormatError, ResultFolder, check_consecutive, list_mask_files, read_labels, tiff_shape
+from dataset.validate import label_image_problem
 from errors import UserError
 from figures import check_free
 from results import figures_dir_for, write_tracked_result
@@ -86,7 +87,14 @@ def track_command(args) -> int:
     figures_dir = figures_dir_for(out) if args.figures else None
     if figures_dir is not None:
         check_free(figures_dir, args.overwrite, inputs)
-    masks = ((t, read_labels(files[t], ndim)) for t in frames)
+    def read(t: int):
+        mask = read_labels(files[t], ndim)
+        problem = None if args.force else label_image_problem(mask)
+        if problem:
+            raise CTCFormatError(f"{files[t]}: {problem} (use --force if these really are labels)")
+        return t, mask
+
+    masks = (read(t) for t in frames)
     tracks = write_tracked_result(masks, frames, out, voxel_size, params, args.overwrite, figures_dir, names=files,
                                   inputs=inputs)
     children = {}

@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"most frames an object may be missing before its track continues (default {gates.max_gap})")
     p.add_argument("--gap-distance", type=POSITIVE, metavar="UM",
                    help=f"largest centroid distance across a gap, µm (default {gates.gap_distance})")
+    p.add_argument("--force", action="store_true", help="track masks even where they look like intensity images")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--figures", action="store_true")
 
@@ -166,7 +167,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse(sys.argv[1:] if argv is None else argv)
+    except SystemExit as stop:  # a bad flag (one line on stderr) or --help: return its code, as for a UserError
+        return stop.code if isinstance(stop.code, int) else 2
     try:
         return run(args)
     except UserError as err:

@@ -36,6 +36,21 @@ from results import write_tracked_result
 from tracking import TrackParams
 
 POST_RECORD = "nuclei-ctc-postprocessing/1"
+#: Peak host memory of predicting one frame, per voxel: the float32 frame and its normalised copy, five
+#: blended float32 accumulators and their weights, the probabilities as numpy, and the watershed's arrays.
+BYTES_PER_VOXEL = 100
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def post_record_path(checkpoint: str | Path) -> Path:
@@ -169,6 +184,11 @@ class Predictor:
             kind = "single-channel" if channels == 1 else f"{channels}-channel"
             raise UserError(f"{where}: the model expects {expected} input channels, but the frames are {kind} "
                             f"{len(shape)}D images")
+        need, free = int(np.prod(shape)) * BYTES_PER_VOXEL, available_memory()
+        if free is not None and need > free:
+            raise UserError(f"{where}: predicting one {'x'.join(map(str, shape))} frame needs about {need / 2**30:.1f} GiB "
+                            f"of memory, {free / 2**30:.1f} GiB are available; free memory, or crop or bin the frames "
+                            f"(a smaller --window-batch does not help: the blended maps are the whole frame's)")
 
     def probabilities(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(seg_prob [3, *S], marker_prob [1, *S]) float32 of one raw frame, the whole volume."""

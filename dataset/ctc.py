@@ -124,13 +124,40 @@ def list_seg_slices(folder: str | Path) -> dict[int, dict[int, Path]]:
 
 # ----------------------------------------------------------------------------- reading
 def tiff_shape(path: str | Path) -> tuple[int, ...]:
-    """Shape of the first series of a TIFF, read from its header only."""
+    """Shape of the first series of a TIFF, read from its header only; refuses, naming the file, a
+    truncated or corrupt file and a multi-sample (RGB) image, which is not a grey frame."""
     path = Path(path)
     try:
         with tifffile.TiffFile(path) as tif:
-            return tuple(int(s) for s in _squeeze_shape(tif.series[0].shape))
+            series = tif.series[0]
+            shape = tuple(int(s) for s in _squeeze_shape(series.shape))
+            _check_complete(path, tif, series)
+            if tif.pages[0].samplesperpixel > 1 or "S" in series.axes:
+                raise CTCFormatError(f"{path}: a {tif.pages[0].samplesperpixel}-sample (RGB) image of shape {series.shape}; "
+                                     "expected a single-channel grey frame (convert it to 8/16-bit grey first)")
+            return shape
     except (OSError, ValueError, IndexError, EOFError, tifffile.TiffFileError) as err:
+        if isinstance(err, CTCFormatError):
+            raise
         raise CTCFormatError(f"{path}: not a readable TIFF ({err})") from err
+
+
+def _check_complete(path: Path, tif: tifffile.TiffFile, series) -> None:
+    """Truncated files read as fewer pages, or with their data past the end of the file: say so."""
+    size = path.stat().st_size
+    truncated = False
+    if tif.is_imagej and tif.imagej_metadata:
+        expected = int(tif.imagej_metadata.get("images", 1))
+        truncated = expected > 1 and int(np.prod(series.shape[:-2])) < expected
+    if series.dataoffset is not None:
+        truncated |= series.dataoffset + series.nbytes > size
+    else:
+        last = tif.pages[-1] if len(tif.pages) else None
+        if last is not None and getattr(last, "dataoffsets", None):
+            truncated |= last.dataoffsets[-1] + last.databytecounts[-1] > size
+    if truncated:
+        raise CTCFormatError(f"{path}: truncated or corrupt TIFF (the file ends before its image data; "
+                             f"{size} bytes); copy it again")
 
 
 def _squeeze_shape(shape):
@@ -152,6 +179,11 @@ def read_image(path: str | Path, ndim: int | None = 3) -> np.ndarray:
         raise CTCFormatError(f"{path}: expected a {ndim}D image, found shape {array.shape}")
     if array.size == 0:
         raise CTCFormatError(f"{path}: image is empty (shape {array.shape})")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(array.size - np.isfinite(array).sum())
+        raise CTCFormatError(f"{path}: {bad} voxels are NaN or infinite; a frame must hold finite intensities")
+    if array.dtype.kind == "c" or array.dtype == bool:
+        raise CTCFormatError(f"{path}: dtype {array.dtype} is not an intensity image")
     return array
 
 

@@ -95,3 +95,23 @@ def check_track_folder(folder: str | Path, kind: str = "tra", track_name: str = 
     tracks = read_tracks(track_path)
     present = {t: labels_present(read_labels(path, ndim)) for t, path in files.items()}
     check_lineage(tracks, present, {t: str(p) for t, p in files.items()}, str(track_path))
+
+
+def label_image_problem(labels: np.ndarray) -> str | None:
+    """Why `labels` looks like an intensity image rather than an instance mask, or None.
+
+    In a mask each object is a solid blob, so almost every foreground voxel has the same value as its
+    neighbour along x; in a raw intensity image (noise, gradients) neighbouring values mostly differ,
+    and nearly every voxel is non-zero.
+    """
+    if labels.size < 64 or labels.shape[-1] < 2:
+        return None
+    fg = labels[..., 1:] > 0
+    n_fg = int(fg.sum())
+    if n_fg < 32:
+        return None
+    same = float(((labels[..., 1:] == labels[..., :-1]) & fg).sum()) / n_fg
+    if same < 0.5:
+        return (f"only {same:.0%} of its foreground voxels share their neighbour's label ({n_fg / fg.size:.0%} "
+                "of the image is foreground): it looks like an intensity image, not an instance mask")
+    return None

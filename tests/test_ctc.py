@@ -52,7 +52,7 @@ def test_sequence_reads_frames_and_gt(tmp_path):
 def test_frames_sorted_numerically_with_four_digits_and_gaps_reported(tmp_path):
     (tmp_path / "01").mkdir()
     for t in (0, 2, 10, 1001):
-        tifffile.imwrite(tmp_path / "01" / (f"t{t:04d}.tif" if t > 999 else f"t{t:03d}.tif"), np.zeros((2, 4, 4), np.uint16))
+        tifffile.imwrite(tmp_path / "01" / (f"t{t:04d}.tif" if t > 999 else f"t{t:03d}.tif"), np.zeros((2, 4, 5), np.uint16))
     with pytest.warns(UserWarning, match="frames missing"):
         seq = Sequence(tmp_path, "01")
     assert seq.frames == [0, 2, 10, 1001]
@@ -188,9 +188,8 @@ def test_corrupt_and_truncated_tiff(tmp_path):
     path = tmp_path / "01" / "t002.tif"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # truncated: header fine, pixels missing
-    seq = Sequence(tmp_path, "01")
-    with pytest.raises(CTCFormatError, match="t002.tif: not a readable TIFF"):
-        seq.image(2)
+    with pytest.raises(CTCFormatError, match="t002.tif: truncated or corrupt TIFF"):  # found before any work
+        Sequence(tmp_path, "01")
     path.write_bytes(b"this is not a tiff at all")
     with pytest.raises(CTCFormatError, match="t002.tif: not a readable TIFF"):
         Sequence(tmp_path, "01")
