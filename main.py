@@ -90,10 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic SIM+-like CTC data set (sequences 01 and 02 with GT)")
     p.add_argument("--out", required=True, help="data set root to create")
+    p.add_argument("--preset", choices=("demo", "sim+"), default=None,
+                   help="demo: 32x128x128 frames, nuclei ~13x21x21 voxels (default); sim+: the real Fluo-N3DH-SIM+ scale, "
+                        "59x350x330 frames, nuclei ~32x50x50 voxels")
     p.add_argument("--frames", type=POSITIVE_INT, default=None, help="frames per sequence")
     p.add_argument("--shape", type=_shape, default=None, help="volume size Z,Y,X")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data set written by this command")
 
     p = sub.add_parser("predict", help="segment and track a sequence with a trained checkpoint, write CTC results")
     p.add_argument("--checkpoint", required=True)
@@ -152,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         from training import train_from_cli
         return train_from_cli(importlib.import_module(MODELS[args.model]).CONFIG, args)
     if args.command == "synth":
-        from dataset.synthetic import synth_command
+        from cli import synth_command
         return synth_command(args)
     if args.command == "predict":
         from cli import predict_command

@@ -28,8 +28,6 @@ their square root.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, replace
@@ -40,7 +38,8 @@ from scipy import ndimage
 
 from errors import UserError
 
-from .ctc import VOXEL_SIZE_SIM, CTCFormatError, frame_name, replace_folder, write_tiff, write_tracks
+from .ctc import VOXEL_SIZE_SIM, CTCFormatError, frame_name, write_tiff, write_tracks
+from .fileio import OutputFolder
 from .validate import labels_present, lineage_problems
 
 #: Bump when a change to the generator changes its output, so cached default sets are regenerated.
@@ -454,20 +453,14 @@ def write_dataset(out, cfg: SynthConfig | None = None, seed: int = 0, sequences=
 
     The set is built in a hidden sibling folder and renamed into place when complete, so an
     interrupted run never leaves a set that looks complete. An existing non-empty `out` is refused
-    unless `overwrite`.
+    unless `overwrite`, and even then unless it is a data set this generator wrote (see `OutputFolder`).
     """
     cfg = cfg or SynthConfig()
     _check(cfg)
     if seed < 0:
         raise UserError(f"synthetic seed {seed}: must be >= 0")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CTCFormatError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CTCFormatError(f"{out}: output folder is not empty (use --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with OutputFolder(out, "dataset", overwrite, recognise=lambda folder: read_meta(folder) is not None) as tmp:
         start = time.perf_counter()
         summary = {}
         for name in sequences:
@@ -478,9 +471,6 @@ def write_dataset(out, cfg: SynthConfig | None = None, seed: int = 0, sequences=
         meta = {"generator": "dataset.synthetic", "version": GENERATOR_VERSION, "seed": seed,
                 "config": _jsonable(cfg), "sequences": summary, "seconds": round(time.perf_counter() - start, 2)}
         (tmp / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
-        replace_folder(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
     return out
 
 
@@ -510,25 +500,3 @@ def ensure_default_dataset(root=DEFAULT_ROOT, cfg: SynthConfig | None = None, se
     write_dataset(root, cfg, seed, overwrite=True)
     print(f"  done in {time.perf_counter() - start:.1f} s", flush=True)
     return root
-
-
-def synth_command(args) -> int:
-    """`main.py synth --out DIR [--preset demo|sim+] [--frames N] [--shape Z,Y,X] [--seed S] [--overwrite]`.
-
-    --frames and --shape apply on top of the preset (other shapes keep its nucleus size and packing density).
-    """
-    cfg = preset_config(getattr(args, "preset", None))
-    if args.frames is not None:
-        cfg = replace(cfg, frames=args.frames)
-    if args.shape is not None:
-        cfg = replace(cfg, shape=tuple(args.shape))
-    start = time.perf_counter()
-    out = write_dataset(args.out, cfg, seed=args.seed, overwrite=args.overwrite)
-    elapsed = time.perf_counter() - start
-    meta = read_meta(out)
-    shape = "x".join(str(s) for s in cfg.shape)
-    print(f"wrote {out} ({len(meta['sequences'])} sequences of {cfg.frames} frames, {shape} voxels) in {elapsed:.1f} s")
-    for name, s in meta["sequences"].items():
-        print(f"  {name}: {s['nuclei_at_start']} nuclei at start, {s['divisions']} divisions, "
-              f"{s['tracks']} tracks, SNR {s['snr']:.1f}")
-    return 0

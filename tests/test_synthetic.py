@@ -287,14 +287,11 @@ def test_sim_preset_has_the_real_data_scale():
 
 
 def test_cli_preset_with_overrides(tmp_path, capsys):
-    from argparse import Namespace
     out = tmp_path / "simplus"
-    args = Namespace(out=str(out), frames=3, shape=(59, 128, 120), seed=1, overwrite=False, preset="sim+")
-    assert synthetic.synth_command(args) == 0
+    assert main.main(["synth", "--out", str(out), "--frames", "3", "--shape", "59,128,120", "--seed", "1", "--preset", "sim+"]) == 0
     meta = json.loads((out / "synth.json").read_text())
     assert meta["config"]["radius_xy"] == list(synthetic.PRESETS["sim+"].radius_xy)
     assert meta["config"]["shape"] == [59, 128, 120] and meta["config"]["frames"] == 3
     assert Sequence(out, "01").shape == (59, 128, 120)
-    no_preset = Namespace(out=str(tmp_path / "demo"), frames=2, shape=None, seed=0, overwrite=False)  # no --preset yet
-    assert synthetic.synth_command(no_preset) == 0
+    assert main.main(["synth", "--out", str(tmp_path / "demo"), "--frames", "2"]) == 0  # no --preset: the demo
     assert json.loads((tmp_path / "demo" / "synth.json").read_text())["config"] == synthetic._jsonable(SynthConfig(frames=2))
