@@ -33,6 +33,9 @@ def add_export_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=MODEL_FORMATS, required=True)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export of this tool")
+    p.add_argument("--author", action="append", metavar="NAME", help="bioimageio: an author (repeat for several)")
+    p.add_argument("--license", default="MIT", help="bioimageio: SPDX license id of the weights (default MIT)")
+    p.add_argument("--sample", help="bioimageio: a raw frame (TIFF) whose centre becomes the test input")
 
 
 def default_track_output(res: Path, fmt: str) -> Path:
@@ -71,6 +74,12 @@ def export_tracks_command(args) -> int:
 def export_model_command(args) -> int:
     """`main.py export-model`."""
     from .model import export_model
-    out = export_model(args.checkpoint, args.format, args.out, overwrite=getattr(args, "overwrite", False))
+    extra = {}
+    if args.format == "bioimageio":
+        extra = {"authors": getattr(args, "author", None), "license": getattr(args, "license", "MIT")}
+        if getattr(args, "sample", None):
+            from dataset.ctc import read_image
+            extra["sample"] = read_image(args.sample, None)
+    out = export_model(args.checkpoint, args.format, args.out, overwrite=getattr(args, "overwrite", False), **extra)
     print(f"wrote {out}")
     return 0

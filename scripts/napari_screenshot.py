@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     image = render(viewer, data, frame=args.frame)
     viewer.close()
     if image[..., :3].std() < 5:
-        print(f"error: the screenshot is blank (no OpenGL drawing; run under xvfb-run)", file=sys.stderr)
+        print("error: the screenshot is blank (no OpenGL drawing; run under xvfb-run)", file=sys.stderr)
         return 1
     with atomic_path(args.out) as tmp:
         iio.imwrite(tmp, image, extension=".png")
