@@ -252,8 +252,9 @@ def frame_name(prefix: str, t: int, n_frames: int) -> str:
 
 
 def is_result_folder(folder: Path) -> bool:
-    """The content rule of a CTC result folder: only `maskNNN.tif` files and `res_track.txt` (and our marker)."""
-    names = [p.name for p in Path(folder).iterdir() if p.name != MARK]
+    """The content rule of a CTC result folder: only `maskNNN.tif` files and `res_track.txt` (and the
+    matching cache that `metrics` keeps there, `.ctc_matching*`)."""
+    names = [p.name for p in Path(folder).iterdir() if p.name != MARK and not p.name.startswith(".ctc_matching")]
     return bool(names) and all(PATTERNS["mask"].match(n) or n == "res_track.txt" for n in names)
 
 
