@@ -5,6 +5,8 @@
     python main.py predict --checkpoint CKPT --data ROOT --seq 02 [--out DIR]
     python main.py track --masks DIR --out DIR [--voxel-size X Y Z]
     python main.py evaluate --res RES_DIR --gt GT_DIR [--json OUT]
+    python main.py export --res RES_DIR --format geff|trackmate|napari
+    python main.py export-model --checkpoint CKPT --format onnx|torchscript|bioimageio --out DIR
 
 Parsing and dispatch only: each command's work lives in the module named below.
 """
@@ -17,7 +19,7 @@ from errors import UserError
 from tracking import TrackParams
 
 MODELS = {"vit_unet": "train_vit2", "swinunetr": "train_swin", "unet": "train3D"}
-COMMANDS = ("train", "synth", "predict", "track", "evaluate")
+COMMANDS = ("train", "synth", "predict", "track", "evaluate", "export", "export-model")
 
 
 class Parser(argparse.ArgumentParser):
@@ -138,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--res", required=True, help="result folder (maskNNN.tif, res_track.txt)")
     p.add_argument("--gt", required=True, help="ground-truth folder, e.g. ROOT/01_GT")
     p.add_argument("--json", help="also write the scores to this JSON file")
+
+    import exports
+    p = sub.add_parser("export", help="write a result's (or GT's) tracks as GEFF, TrackMate XML or a napari tracks CSV")
+    exports.add_export_arguments(p)
+    p = sub.add_parser("export-model", help="export a checkpoint as ONNX, TorchScript or a bioimage.io model package")
+    exports.add_export_model_arguments(p)
     return parser
 
 
@@ -166,6 +174,12 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         from metrics import evaluate_command
         return evaluate_command(args)
+    if args.command == "export":
+        from exports import export_tracks_command
+        return export_tracks_command(args)
+    if args.command == "export-model":
+        from exports import export_model_command
+        return export_model_command(args)
     raise AssertionError(args.command)
 
 

@@ -204,6 +204,16 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
+def test_main_dispatches_export(result, tmp_path, capsys):
+    import main
+    out = tmp_path / "tracks.csv"
+    assert main.main(["export", "--res", str(result), "--format", "napari", "--out", str(out)]) == 0
+    rows = list(csv.reader(out.open()))
+    assert len(rows) - 1 == len(read_track_graph(result).t)  # one row per node, after the header
+    assert main.main(["export", "--res", str(tmp_path / "missing"), "--format", "geff"]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
 def test_command_default_output_and_overwrite_rules(result, capsys):
     res = str(result)
     for fmt, suffix in exports.TRACK_FORMATS.items():
