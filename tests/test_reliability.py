@@ -276,17 +276,17 @@ def test_results_get_the_users_umask(data, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- kill -9
-def kill_when(proc, condition, timeout=120.0):
+def kill_when(proc, condition, timeout=120.0, send=signal.SIGKILL):
     start = time.time()
     while not condition():
         assert proc.poll() is None, f"finished before it could be killed: {proc.communicate()}"
         assert time.time() - start < timeout
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(send)
+    proc.wait(timeout=60)
 
 
-def test_kill_9_during_track_and_during_synth_overwrite_loses_nothing(tmp_path, capsys):
+def test_kill_9_or_ctrl_c_during_track_predict_and_synth_overwrite_loses_nothing(tmp_path, capsys):
     big = tmp_path / "big"
     assert run(capsys, "synth", "--out", big, "--frames", "30", "--shape", "16,96,96")[0] == 0
     masks = big / "01_GT" / "TRA"
@@ -297,6 +297,21 @@ def test_kill_9_during_track_and_during_synth_overwrite_loses_nothing(tmp_path, 
     assert not (tmp_path / "res").exists() and digest(big) == before
     assert run(capsys, "track", "--masks", masks, "--out", tmp_path / "res")[0] == 0  # cleans up and finishes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "res"]
+
+    # predict --overwrite over that result: kill -9, then Ctrl-C; the old result stays whole both times
+    ckpt = checkpoint(tmp_path / "m.pt")
+    old = digest(tmp_path / "res")
+    argv = [sys.executable, str(ROOT / "main.py"), "predict", "--checkpoint", str(ckpt), "--data", str(big), "--seq", "01",
+            "--out", str(tmp_path / "res"), "--overwrite", "--device", "cpu"]
+    for sig in (signal.SIGKILL, signal.SIGINT):
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        started = lambda: any(len(list(p.rglob("*.npy"))) > 2 for p in tmp_path.glob(f".res.{proc.pid}.*.partial"))
+        kill_when(proc, started, send=sig)
+        assert digest(tmp_path / "res") == old and digest(big) == before
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130 and "interrupted" in proc.stderr.read()
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "m.pt", "res"]  # cleaned up on the way out
+    (tmp_path / "m.pt").unlink()
 
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "synth", "--out", str(big), "--overwrite", "--frames", "30",
                              "--shape", "16,96,96", "--seed", "5"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
