@@ -72,7 +72,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps-per-epoch", type=POSITIVE_INT, help="optimiser steps per epoch")
     p.add_argument("--batch-size", type=POSITIVE_INT)
     p.add_argument("--lr", type=POSITIVE)
-    p.add_argument("--crop-size", type=_shape, help="training crop Z,Y,X (also the prediction window)")
+    p.add_argument("--crop-size", type=_shape, help="training crop Z,Y,X (default: the data plan's)")
+    p.add_argument("--voxel-size", type=POSITIVE, nargs="+", metavar="S",
+                   help="x y [z] in micrometres (default: the TIFFs' metadata, else Fluo-N3DH-SIM+'s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", help="run folder (default runs/<model>-<time>/)")
     p.add_argument("--resume", nargs="?", const="last", metavar="CKPT",

@@ -29,9 +29,10 @@ from tqdm import tqdm
 import inference
 from dataset import VOXEL_SIZE_SIM, Sequence
 from dataset.fileio import write_json
-from dataset3D import normalize
+from dataset3D import normalize, resample_image, resample_probabilities
 from errors import CheckpointError, ConfigError, UserError
 from inference import PostParams
+from plan import Plan
 from results import write_tracked_result
 from tracking import TrackParams
 
@@ -106,13 +107,17 @@ class Predictor:
         device: where the network runs (default: where the model is).
         amp: bf16 autocast (used on CUDA only; None: on wherever it is used).
         post: thresholds of the watershed (`inference.PostParams`).
-        voxel_size: (x, y[, z]) in µm: the watershed's distance elevation and the tracker's gates use it.
-        track: gates and costs of the tracker (`tracking.TrackParams`).
+        voxel_size: (x, y[, z]) in µm of the frames to predict: the watershed's distance elevation, the
+            tracker's gates and, with a plan, the resampling use it.
+        track: gates and costs of the tracker (`tracking.TrackParams`; default: the plan's gates).
+        plan: the data plan of the training run (`plan.Plan`): each frame is resampled to its working
+            spacing, predicted there, and its probabilities brought back to the native grid before the
+            watershed; its size limits are the default thresholds' and its gates the tracker's.
     """
 
     def __init__(self, model: torch.nn.Module, window, overlap: float = 0.25, tta: bool = False, window_batch: int = 4,
                  device=None, amp: bool | None = None, post: PostParams | None = None, voxel_size=VOXEL_SIZE_SIM,
-                 track: TrackParams | None = None):
+                 track: TrackParams | None = None, plan: Plan | None = None):
         window = tuple(int(w) for w in window)
         if len(window) not in (2, 3) or min(window) < 1:
             raise ConfigError(f"window {window}: expected 2 or 3 positive sizes")
@@ -127,9 +132,10 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.window, self.overlap, self.tta, self.window_batch = window, float(overlap), bool(tta), int(window_batch)
         self.amp = self.device.type == "cuda" if amp is None else bool(amp)
-        self.post = post or PostParams()
+        self.plan = plan
+        self.post = post or (PostParams(**plan.size_limits(native=True)) if plan else PostParams())
         self.voxel_size = voxel_size
-        self.track = track or TrackParams()
+        self.track = track or (TrackParams(**plan.tracking_gates()) if plan else TrackParams())
         self.checkpoint_id: str | None = None
 
     def __repr__(self) -> str:
@@ -158,9 +164,17 @@ class Predictor:
         if (not isinstance(window, (list, tuple)) or len(window) not in (2, 3)
                 or not all(isinstance(w, int) and w > 0 for w in window)):
             raise CheckpointError(f"{path}: stored crop size {window!r} is not 2 or 3 positive integers")
+        data_plan = None
+        if state.get("plan") is not None:
+            try:
+                data_plan = Plan.from_json(state["plan"])
+            except (KeyError, TypeError, ValueError, UserError) as err:
+                raise CheckpointError(f"{path}: stored data plan is not readable ({err})") from err
+            window = state.get("window") or data_plan.window
         settings = dict(window=window, overlap=(state.get("train_config") or {}).get("overlap", 0.25),
-                        voxel_size=state.get("voxel_size") or VOXEL_SIZE_SIM,
-                        post=post_params(state.get("post"), f"{path} (stored post-processing)"))
+                        voxel_size=state.get("voxel_size") or VOXEL_SIZE_SIM, plan=data_plan)
+        if state.get("post") is not None:
+            settings["post"] = post_params(state["post"], f"{path} (stored post-processing)")
         record = post_record_path(path)
         if record.is_file() and "post" not in overrides:
             post, owner = load_post_record(record)
@@ -190,13 +204,25 @@ class Predictor:
                             f"of memory, {free / 2**30:.1f} GiB are available; free memory, or crop or bin the frames "
                             f"(a smaller --window-batch does not help: the blended maps are the whole frame's)")
 
+    def working_shape(self, shape) -> tuple[int, ...]:
+        """The shape a frame of `shape` has at the plan's working spacing (the frame's own without a plan)."""
+        if self.plan is None:
+            return tuple(shape)
+        return self.plan.working_shape(tuple(shape), tuple(reversed(self.spacing(len(shape)))))
+
     def probabilities(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(seg_prob [3, *S], marker_prob [1, *S]) float32 of one raw frame, the whole volume."""
+        """(seg_prob [3, *S], marker_prob [1, *S]) float32 of one raw frame, the whole volume, on its own grid
+        (predicted at the plan's working spacing and interpolated back when that differs)."""
         self.model.eval()
-        volume = torch.from_numpy(normalize(image))[None]
-        seg, marker = inference.sliding_window(self.model, volume, self.window, overlap=self.overlap,
+        volume = normalize(image)
+        working = self.working_shape(image.shape)
+        if working != image.shape:
+            volume = resample_image(volume, working)
+        seg, marker = inference.sliding_window(self.model, torch.from_numpy(volume)[None], self.window, overlap=self.overlap,
                                                sw_batch_size=self.window_batch, device=self.device, amp=self.amp,
                                                mirror=self.tta)
+        if working != image.shape:
+            return resample_probabilities(seg, image.shape), resample_probabilities(marker, image.shape)
         return seg.numpy(), marker.numpy()
 
     def spacing(self, ndim: int) -> tuple[float, ...]:

@@ -4,7 +4,8 @@
 
 Only what differs for this model is set here; every other value (crop, batch, learning rate, loss
 weights, augmentation, ...) is TrainConfig's default in training.py, shared by the three models, and
-can be set here too. For the real Fluo-N3DH-SIM+ on a GPU, see the README.
+can be set here too. The crop, the window and the ViT patch come from the data plan (plan.py) unless set
+here, e.g. patch_size=(8, 16, 16) in model_args. For the real Fluo-N3DH-SIM+ on a GPU, see the README.
 """
 import sys
 
@@ -13,14 +14,13 @@ from training import TrainConfig
 CONFIG = TrainConfig(
     model="vit_unet",
     model_args=dict(
-        patch_size=(8, 16, 16),   # ViT patch (Z, Y, X): z is coarser in the data, so fewer z voxels per patch
         hidden_size=192,          # transformer width
         mlp_dim=768,              # transformer MLP width
         num_layers=6,             # transformer blocks (skips taken from blocks 2, 3, 5, 6... evenly spaced)
         num_heads=6,              # attention heads
         feature_size=16,          # channels of the decoder's first level
     ),
-    epochs=18,                    # epochs of steps_per_epoch steps (crop 32x64x64, a multiple of patch_size)
+    epochs=18,                    # epochs of steps_per_epoch steps
 )
 
 if __name__ == "__main__":

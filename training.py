@@ -32,13 +32,14 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 import figures
-from dataset import VOXEL_SIZE_SIM, Sequence
+from dataset import Sequence
 from dataset.fileio import MARK, atomic_path, check_output, make_dir, mark, write_json
 from dataset3D import AugmentConfig, CropDataset, load_volumes
 from errors import OutputError, UserError
 from losses import PARTS, LossWeights, combined_loss
 from metrics import seg_score
 from models import build_model
+from plan import fingerprint, make_plan
 from predict import Predictor, post_record_path, save_post_record
 from utils import load_checkpoint, rng_state, save_checkpoint, seed_everything, select_device, set_rng_state
 
@@ -46,10 +47,14 @@ from utils import load_checkpoint, rng_state, save_checkpoint, seed_everything, 
 @dataclass
 class TrainConfig:
     """Everything a run depends on. The defaults are the tuned recipe shared by all models; a train script
-    sets only what differs for its model, and command-line flags override both."""
+    sets only what differs for its model, and command-line flags override both. Values left None are
+    taken from the data plan (`plan.make_plan`: working spacing, crop, window, ViT patch, size limits,
+    tracking gates, fitted to the training data's fingerprint); a value given here or by a flag wins."""
     model: str = "vit_unet"                  # vit_unet, swinunetr or unet
     model_args: dict = field(default_factory=dict)  # overrides of models.build_model's defaults
-    crop_size: tuple = (32, 64, 64)          # training crop (Z, Y, X); also the sliding window at prediction
+    crop_size: tuple | None = None           # training crop (Z, Y, X) or (Y, X); None: the data plan's (plan.py)
+    window: tuple | None = None              # sliding window at prediction; None: the data plan's
+    spacing: tuple | None = None             # working spacing (Z, Y, X) µm, resampled to; None: the data plan's
     batch_size: int = 2                      # crops per step (per process under torchrun)
     epochs: int = 20                         # passes of steps_per_epoch steps
     steps_per_epoch: int = 50                # optimiser steps per epoch
@@ -72,19 +77,25 @@ class TrainConfig:
     data: str | None = None                  # CTC data set root; None: the synthetic set under data/synth
     train_seq: str = "01"                    # training sequence
     val_seq: str = "02"                      # validation sequence
-    voxel_size: tuple = VOXEL_SIZE_SIM       # (x, y, z) micrometres, for targets and tracking
+    voxel_size: tuple | None = None          # (x, y[, z]) µm; None: the TIFFs' metadata, else SIM+'s (with a warning)
     out: str | None = None                   # run folder; None: runs/<model>-<time>
     max_bad_steps: int = 5                   # this many non-finite losses in a row stop the run
     final_predict: bool = True               # predict, track and score the validation sequence at the end
 
 
+FLAGS = {"data": "data", "train_seq": "train_seq", "val_seq": "val_seq", "epochs": "epochs",
+         "steps_per_epoch": "steps_per_epoch", "batch_size": "batch_size", "lr": "lr", "crop_size": "crop_size",
+         "device": "device", "out": "out", "seed": "seed", "voxel_size": "voxel_size"}
+
+
+def given_flags(args) -> dict:
+    """{TrainConfig field: value} of the flags given on the command line (argparse Namespace from main.py)."""
+    return {key: getattr(args, flag) for flag, key in FLAGS.items() if getattr(args, flag, None) is not None}
+
+
 def apply_overrides(cfg: TrainConfig, args) -> TrainConfig:
-    """Command-line flags (argparse Namespace from main.py) replace the script's values where given."""
-    names = {"data": "data", "train_seq": "train_seq", "val_seq": "val_seq", "epochs": "epochs",
-             "steps_per_epoch": "steps_per_epoch",
-             "batch_size": "batch_size", "lr": "lr", "crop_size": "crop_size", "device": "device", "out": "out", "seed": "seed"}
-    changes = {key: getattr(args, flag) for flag, key in names.items() if getattr(args, flag, None) is not None}
-    return replace(cfg, **changes)
+    """Command-line flags replace the script's values where given."""
+    return replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in given_flags(args).items()})
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -147,9 +158,9 @@ def num_workers(cfg: TrainConfig) -> int:
 
 
 # --------------------------------------------------------------------------- the Trainer
-def train(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) -> dict:
+def train(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False, flags: dict | None = None) -> dict:
     """Train, validate, save; returns the final scores (rank 0) or {} (other ranks)."""
-    return Trainer(cfg, resume, overwrite).fit()
+    return Trainer(cfg, resume, overwrite, flags).fit()
 
 
 class Trainer:
@@ -161,10 +172,12 @@ class Trainer:
         resume: a checkpoint to continue from, or "last" for `<cfg.out>/last.pt`; None starts afresh.
         overwrite: start afresh in an existing run folder of this tool: it is moved aside to
             `<out>.previous-<time>` and removed once the new run has written its first checkpoint.
+        flags: {TrainConfig field: value} set on the command line (already applied to cfg).
     """
 
-    def __init__(self, cfg: TrainConfig, resume: str | None = None, overwrite: bool = False):
+    def __init__(self, cfg: TrainConfig, resume: str | None = None, overwrite: bool = False, flags: dict | None = None):
         self.cfg, self.resume, self.overwrite = cfg, resume, overwrite
+        self.flags = dict(flags or {})  # the values the command line set (the plan records them as "flag")
         self.previous: Path | None = None
         self.ddp = Distributed(cfg.device)
         self.device = self.ddp.device
@@ -208,12 +221,18 @@ class Trainer:
         seed_everything(cfg.seed + ddp.rank)
 
         root = Path(cfg.data) if cfg.data else default_data(ddp)
-        self.train_seq = Sequence(root, cfg.train_seq, cfg.voxel_size)
+        fp = fingerprint(root, cfg.train_seq, voxel_size=cfg.voxel_size)
+        self.train_seq = Sequence(root, cfg.train_seq, fp.voxel_size)
         if not self.train_seq.has_gt:
             raise UserError(f"{self.train_seq.gt_dir}: training sequence {cfg.train_seq} has no ground truth")
-        self.val_seq = Sequence(root, cfg.val_seq, cfg.voxel_size)
+        self.val_seq = Sequence(root, cfg.val_seq, fp.voxel_size)
+        if self.val_seq.ndim != self.train_seq.ndim:
+            raise UserError(f"{self.val_seq.image_dir} holds {self.val_seq.ndim}D images, {self.train_seq.image_dir} "
+                            f"{self.train_seq.ndim}D")
         if state is None:
             self.check_run_folder()
+        self.plan, cfg = self.make_plan(fp)
+        self.cfg = cfg
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.model = build_model(cfg.model, **cfg.model_args).to(self.device)
@@ -222,7 +241,9 @@ class Trainer:
             raise UserError(f"crop size {cfg.crop_size} is {len(cfg.crop_size)}D but {self.val_seq.image_dir} holds "
                             f"{self.val_seq.ndim}D images")
 
-        self.volumes = load_volumes(self.train_seq, core_fraction=cfg.core_fraction, progress=ddp.main)
+        working = self.plan.working_shape(self.train_seq.shape)
+        self.volumes = load_volumes(self.train_seq, core_fraction=cfg.core_fraction, progress=ddp.main,
+                                    shape=working, spacing=self.plan.spacing)
         self.data = CropDataset(self.volumes, cfg.crop_size, cfg.steps_per_epoch * cfg.batch_size * ddp.world,
                                 cfg.augment, cfg.fg_fraction, cfg.seed)
         sampler = DistributedSampler(self.data, ddp.world, ddp.rank, shuffle=False) if ddp.world > 1 else None
@@ -235,6 +256,28 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, warmup, total))
         self.net = DistributedDataParallel(self.model) if ddp.world > 1 else self.model
         return state
+
+    def make_plan(self, fp) -> tuple:
+        """The data plan of the training set for this model, and the configuration with the plan's values
+        filled in where the script and the flags left them open (None); explicit values win."""
+        cfg = self.cfg
+        args = {"spatial_dims": fp.ndim, **cfg.model_args}
+        vit = cfg.model == "vit_unet"
+        if vit and "patch_size" not in args:
+            divisor = (1,) * fp.ndim  # the plan chooses the patch, and crops that are multiples of it
+        else:
+            divisor = build_model(cfg.model, **args).size_divisor  # before the seeded build: no effect on weights
+        given = {"crop_size": cfg.crop_size, "window": cfg.window, "spacing": cfg.spacing,
+                 "patch_size": args.get("patch_size") if vit else None}
+        data_plan = make_plan(fp, divisor, {k: v for k, v in given.items() if k not in self.flags},
+                              flags={k: v for k, v in self.flags.items() if k in given}, plan_patch=vit)
+        if vit:
+            args.setdefault("patch_size", tuple(data_plan.patch_size))
+            args.setdefault("img_size", tuple(data_plan.crop_size))
+        if self.ddp.main:
+            print(data_plan.describe())
+        return data_plan, replace(cfg, crop_size=tuple(data_plan.crop_size), window=tuple(data_plan.window),
+                                  spacing=tuple(data_plan.spacing), voxel_size=tuple(fp.voxel_size), model_args=args)
 
     def restore(self, state: dict) -> None:
         """Continue from a checkpoint: weights, optimiser, schedule, history and random states."""
@@ -278,6 +321,7 @@ class Trainer:
         make_dir(self.out)
         mark(self.out, "run")
         write_json(self.out / "config.json", config_dict(self.cfg))
+        write_json(self.out / "plan.json", self.plan.to_json())
         world = f" x{self.ddp.world}" if self.ddp.world > 1 else ""
         print(f"training {self.cfg.model} ({sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M parameters) "
               f"on {self.device}{world}, {len(self.volumes)} training volumes, run folder {self.out}")
@@ -348,8 +392,8 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     def predictor(self) -> Predictor:
         """The Predictor of the model being trained, with the run's window, overlap and voxel size."""
-        return Predictor(self.model, self.cfg.crop_size, self.cfg.overlap, device=self.device, amp=self.amp,
-                         voxel_size=self.cfg.voxel_size)
+        return Predictor(self.model, self.cfg.window, self.cfg.overlap, device=self.device, amp=self.amp,
+                         voxel_size=self.cfg.voxel_size, plan=self.plan)
 
     def validate(self, epoch: int) -> float:
         """SEG, pooled over all reference objects as the CTC does, of `val_frames` evenly spaced frames of
@@ -375,7 +419,8 @@ class Trainer:
         return {"model_name": self.cfg.model, "model_config": model.config, "model": model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "epoch": epoch,
                 "history": self.history, "best_seg": self.best, "rng": rng_state(), "train_config": config_dict(self.cfg),
-                "crop_size": list(self.cfg.crop_size), "voxel_size": list(self.cfg.voxel_size),
+                "crop_size": list(self.cfg.crop_size), "window": list(self.cfg.window),
+                "voxel_size": list(self.cfg.voxel_size), "plan": self.plan.to_json(),
                 "run_id": self.run_id, "id": f"{self.run_id}-epoch{epoch}"}
 
     # ------------------------------------------------------------------ final report
@@ -401,7 +446,8 @@ class Trainer:
         return scores
 
 
-RUN_FILES = ("last.pt", "best.pt", "config.json", "history.csv", "scores.json", "figures", "best.postprocessing.json")
+RUN_FILES = ("last.pt", "best.pt", "config.json", "plan.json", "history.csv", "scores.json", "figures",
+             "best.postprocessing.json")
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -437,6 +483,7 @@ def write_history(out: Path, history: list[dict]) -> None:
 
 def train_from_cli(default: TrainConfig, args) -> int:
     """Entry of each train script: its defaults, overridden by the flags main.py parsed."""
-    train(apply_overrides(default, args), resume=args.resume, overwrite=getattr(args, "overwrite", False))
+    train(apply_overrides(default, args), resume=args.resume, overwrite=getattr(args, "overwrite", False),
+          flags=given_flags(args))
     return 0
 

@@ -3,7 +3,7 @@ replace only what this project wrote, JSON.
 
 A file is written to a temporary sibling and renamed into place, so a reader (or a kill -9) only ever
 sees the old file or the complete new one. A folder (`OutputFolder`) is built in a hidden sibling and
-swapped in with two renames; it carries a small marker file, `.nuclei3d`, so that `--overwrite` can
+swapped in with two renames; it carries a small marker file, `.nuclei3d-folder.json`, so that `--overwrite` can
 tell a folder this project wrote (which it may replace) from anything else (which it refuses), and it
 never equals, holds or lies inside one of the inputs it is given. Files and folders get the user's
 umask, like any file a program creates.
@@ -22,7 +22,7 @@ from pathlib import Path
 from errors import OutputError
 
 #: The marker file inside every folder this project writes (JSON: what kind of folder, which program).
-MARK = ".nuclei3d"
+MARK = ".nuclei3d-folder.json"
 _UMASK: int | None = None
 
 

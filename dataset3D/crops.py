@@ -17,6 +17,7 @@ from dataset import Sequence
 from dataset.ctc import CTCFormatError
 
 from .augment import AugmentConfig, geometric, intensity, resize, source_size
+from .resample import resample_image, resample_labels
 from .targets import marker_core, normalize, three_class
 
 
@@ -29,17 +30,26 @@ class Volume:
     foreground: np.ndarray = field(repr=False)  # flat indices of nucleus voxels, for biased crops
 
 
-def load_volumes(seq: Sequence, frames=None, core_fraction: float = 0.35, progress: bool = True) -> list[Volume]:
-    """Read the frames with full SEG ground truth and compute their targets once."""
+def load_volumes(seq: Sequence, frames=None, core_fraction: float = 0.35, progress: bool = True,
+                 shape=None, spacing=None) -> list[Volume]:
+    """Read the frames with full SEG ground truth and compute their targets once.
+
+    shape, spacing: the working grid (array order; spacing in µm) when it differs from the native one: images
+    and labels are resampled to it once here (`resample`), and the marker core is measured there.
+    """
     available = seq.seg_files if seq.has_gt else {}
     if not available:
         raise CTCFormatError(f"{seq.gt_dir / 'SEG'}: training sequence {seq.seq} has no full 3D SEG ground truth (man_segNNN.tif)")
     frames = sorted(available) if frames is None else [t for t in frames if t in available]
-    spacing = tuple(reversed(seq.voxel_size))[-seq.ndim:]  # (z, y, x) order of the arrays
+    native = tuple(reversed(seq.voxel_size))[-seq.ndim:]  # (z, y, x) order of the arrays
+    spacing = native if spacing is None else tuple(spacing)
+    resampled = shape is not None and tuple(shape) != tuple(seq.shape)
     volumes = []
     for t in tqdm(frames, desc=f"targets {seq.seq}", disable=not progress, leave=False):
         labels = seq.seg(t)
         image = normalize(seq.image(t))
+        if resampled:
+            image, labels = resample_image(image, shape), resample_labels(labels, shape)
         volumes.append(Volume(image.astype(np.float16), three_class(labels), marker_core(labels, spacing, core_fraction),
                               np.flatnonzero(labels)))
     return volumes

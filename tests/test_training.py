@@ -9,13 +9,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 import torch
 
 import main
 import training
 from dataset import check_track_folder
-from dataset.synthetic import SynthConfig, write_dataset
+from dataset.synthetic import SynthConfig, preset_config, write_dataset
 from inference import PostParams
 from predict import Predictor
 from training import TrainConfig
@@ -32,7 +34,7 @@ def data(tmp_path_factory):
 
 
 def tiny(data, out, **kw) -> TrainConfig:
-    cfg = TrainConfig(model="unet", model_args=TINY_UNET, crop_size=(8, 32, 32), batch_size=2, epochs=2,
+    cfg = TrainConfig(model="unet", model_args=TINY_UNET, crop_size=(8, 32, 32), spacing=(0.2, 0.125, 0.125), batch_size=2, epochs=2,
                       steps_per_epoch=2, val_every=1, val_frames=1, tune_frames=1, num_workers=0, data=str(data),
                       out=str(out), device="cpu")
     return replace(cfg, **kw)
@@ -62,6 +64,27 @@ def test_tiny_run_learns_above_a_floor(data, tmp_path):
     untrained network (SEG ~0.02 on it) — a broken loss, target or post-processing falls under the floor."""
     scores = training.train(tiny(data, tmp_path / "run", epochs=5, steps_per_epoch=40, lr=1e-2, val_every=100))
     assert scores["SEG"] > 0.35 and scores["DET"] > 0.8 and scores["TRA"] > 0.75, scores
+
+
+def test_the_plan_resamples_large_nuclei_and_results_keep_the_native_shape(tmp_path):
+    """Nuclei of ~48 px across (the real SIM+ scale in x/y) are planned at a coarser working spacing: training
+    crops come from resampled volumes, prediction resamples and comes back, and every value's source is
+    recorded in plan.json and in the checkpoint."""
+    big = write_dataset(tmp_path / "big", replace(preset_config("sim+"), shape=(40, 128, 128), frames=2), seed=2)
+    cfg = replace(tiny(big, tmp_path / "run"), crop_size=None, spacing=None)
+    scores = training.train(cfg, flags={"epochs": 2})
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    state = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert state["plan"] == plan and plan["sources"]["crop_size"] == "plan" and plan["sources"]["spacing"] == "plan"
+    assert plan["spacing"][1] > 0.125 * 1.5  # coarser in x/y than the native 0.125 µm
+    assert state["train_config"]["crop_size"] == plan["crop_size"]
+    masks = sorted((tmp_path / "run" / "02_RES").glob("mask*.tif"))
+    assert masks and all(tifffile.imread(m).shape == (40, 128, 128) for m in masks) and 0 <= scores["SEG"] <= 1
+    predictor = Predictor.from_checkpoint(tmp_path / "run" / "best.pt", "cpu")
+    assert predictor.working_shape((40, 128, 128)) != (40, 128, 128)
+    seg, marker = predictor.probabilities(tifffile.imread(big / "02" / "t000.tif"))
+    assert seg.shape == (3, 40, 128, 128) and marker.shape == (1, 40, 128, 128)
+    np.testing.assert_allclose(seg.sum(0), 1, atol=1e-4)
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
