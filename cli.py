@@ -1,4 +1,4 @@
-"""The commands behind `main.py predict`, `track` and `synth`: flags in, library calls, a summary out.
+"""The commands behind `main.py predict`, `track`, `evaluate` and `synth`: flags in, library calls, a summary out.
 
 `main.py` parses and dispatches; each function here turns the parsed flags into the library's objects
 (the Predictor, the tracker's gates, the result writer), checks every input before work starts, and
@@ -129,4 +129,26 @@ def synth_command(args) -> int:
     for name, s in meta["sequences"].items():
         print(f"  {name}: {s['nuclei_at_start']} nuclei at start, {s['divisions']} divisions, "
               f"{s['tracks']} tracks, SNR {s['snr']:.1f}")
+    return 0
+
+
+def evaluate_command(args) -> int:
+    """`main.py evaluate --res RES --gt GT [--metrics SEG,TRA,...] [--json OUT]`: print the scores, grouped,
+    optionally save them as JSON. RES may be a data-set root with NN_RES folders (GT: the root holding
+    their NN_GT): then every sequence is scored, with a table per sequence and the mean."""
+    from dataset.fileio import write_json
+    from metrics import check_accuracy, check_dataset, format_dataset_table, format_table, sequence_folders
+    wanted = args.metrics
+    if sequence_folders(args.res, args.gt):
+        scores = check_dataset(args.res, args.gt, wanted)
+        for seq, seq_scores in scores.items():
+            if seq != "mean":
+                print(f"== {seq}_RES\n{format_table(seq_scores)}\n")
+        print(format_dataset_table(scores))
+    else:
+        scores = check_accuracy(args.res, args.gt, wanted)
+        print(format_table(scores))
+    if args.json:
+        write_json(Path(args.json), scores)
+        print(f"scores written to {args.json}")
     return 0

@@ -138,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--figures", action="store_true")
 
-    p = sub.add_parser("evaluate", help="score a CTC result folder: SEG, DET, TRA and the AOGM parts")
-    p.add_argument("--res", required=True, help="result folder (maskNNN.tif, res_track.txt)")
-    p.add_argument("--gt", required=True, help="ground-truth folder, e.g. ROOT/01_GT")
+    p = sub.add_parser("evaluate", help="score a CTC result: every challenge measure (technical, biological, tracking) and the AOGM parts")
+    p.add_argument("--res", required=True, help="result folder (maskNNN.tif, res_track.txt), or a data-set root with NN_RES folders")
+    p.add_argument("--gt", required=True, help="ground-truth folder, e.g. ROOT/01_GT (or the root holding NN_GT for a root --res)")
+    p.add_argument("--metrics", help="only these measures, comma-separated, e.g. SEG,TRA,LNK,BIO (default: all)")
     p.add_argument("--json", help="also write the scores to this JSON file")
 
     import exports
@@ -174,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         from cli import track_command
         return track_command(args)
     if args.command == "evaluate":
-        from metrics import evaluate_command
+        from cli import evaluate_command
         return evaluate_command(args)
     if args.command == "export":
         from exports import export_tracks_command

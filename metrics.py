@@ -69,7 +69,6 @@ voxels gives |R|, |S| and every |R∩S|; everything after that works on objects 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections import Counter
@@ -984,29 +983,3 @@ def format_dataset_table(results: dict[str, dict]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(f"{cell:<{w}}" if i == 0 else f"{cell:>{w}}" for i, (cell, w) in enumerate(zip(r, widths)))
                      .rstrip() for r in rows)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then a rename."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def evaluate_command(args) -> int:
-    """`main.py evaluate --res RES --gt GT [--metrics SEG,TRA,...] [--json OUT]`: print the scores, grouped,
-    optionally save them as JSON. RES may be a data-set root with NN_RES folders (GT: the root holding
-    their NN_GT): then every sequence is scored, with a table per sequence and the mean."""
-    wanted = getattr(args, "metrics", None)
-    if sequence_folders(args.res, args.gt):
-        scores = check_dataset(args.res, args.gt, wanted)
-        for seq, seq_scores in scores.items():
-            if seq != "mean":
-                print(f"== {seq}_RES\n{format_table(seq_scores)}\n")
-        print(format_dataset_table(scores))
-    else:
-        scores = check_accuracy(args.res, args.gt, wanted)
-        print(format_table(scores))
-    if args.json:
-        _write_json(Path(args.json), scores)
-        print(f"scores written to {args.json}")
-    return 0

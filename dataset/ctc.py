@@ -21,7 +21,7 @@ import tifffile
 
 from errors import UserError
 
-from .fileio import MARK, OutputFolder, atomic_path, check_output, replace_folder  # noqa: F401  (atomic_path, replace_folder: older imports)
+from .fileio import MARK, OutputFolder, atomic_path, check_output  # noqa: F401  (atomic_path: older imports)
 
 #: Voxel size of Fluo-N3DH-SIM+ in micrometres, in (x, y, z) order as the CTC states it.
 VOXEL_SIZE_SIM = (0.125, 0.125, 0.200)

@@ -10,7 +10,8 @@ import main
 import metrics
 from dataset.ctc import CTCFormatError, write_tiff, write_tracks
 from errors import UserError
-from metrics import CACHE_NAME, check_accuracy, evaluate_command, format_table
+from cli import evaluate_command
+from metrics import CACHE_NAME, check_accuracy, format_table
 from test_metrics import GT_PARENTS, SHAPE, case_swapped_labels, reference, tracks_from, write_case
 
 
