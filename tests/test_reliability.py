@@ -319,3 +319,12 @@ def test_kill_9_or_ctrl_c_during_track_predict_and_synth_overwrite_loses_nothing
     assert digest(big) == before  # the old set, whole
     assert run(capsys, "synth", "--out", big, "--overwrite", "--frames", "2", "--shape", "8,32,32")[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "res"]
+
+
+def test_a_folder_that_cannot_be_written_is_one_line_before_work(data, tmp_path, capsys, monkeypatch):
+    import dataset.fileio as fileio
+    real = fileio.os.access
+    monkeypatch.setattr(fileio.os, "access", lambda p, mode: False if Path(p) == tmp_path else real(p, mode))
+    code, err = run(capsys, "track", "--masks", data / "01_GT" / "TRA", "--out", tmp_path / "res")
+    assert code == 2 and "cannot write there" in one_line(err) and str(tmp_path) in err
+    assert not (tmp_path / "res").exists()

@@ -230,3 +230,21 @@ def test_each_train_script_trains_on_its_own_with_its_own_model(script, model, d
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "missing: data set folder not found" in proc.stderr
     assert main.MODELS[model] == script.removesuffix(".py")
+
+
+@pytest.fixture(scope="module")
+def data_2d(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("synth2d") / "set", SynthConfig(shape=(64, 64), frames=3), seed=4)
+
+
+@pytest.mark.parametrize("model", ["unet", "vit_unet", "swinunetr"])
+def test_a_2d_data_set_trains_predicts_and_tracks_with_the_same_command(model, data_2d, tmp_path, capsys):
+    """The dimensionality comes from the data: `main.py --model M --data ROOT_2D` needs no script edit."""
+    run = tmp_path / "run"
+    assert main.main(["--model", model, "--data", str(data_2d), "--out", str(run), "--epochs", "1", "--steps-per-epoch", "2",
+                      "--device", "cpu"]) == 0, capsys.readouterr().err
+    plan = json.loads((run / "plan.json").read_text())
+    assert len(plan["crop_size"]) == 2 and len(plan["window"]) == 2
+    check_track_folder(run / "02_RES", kind="mask", track_name="res_track.txt")
+    assert tifffile.imread(run / "02_RES" / "mask000.tif").shape == (64, 64)
+    assert "SEG" in json.loads((run / "scores.json").read_text())
