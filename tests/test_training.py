@@ -16,6 +16,7 @@ import torch
 
 import main
 import training
+from errors import UserError
 from dataset import check_track_folder
 from dataset.synthetic import SynthConfig, preset_config, write_dataset
 from inference import PostParams
@@ -175,10 +176,12 @@ def test_training_sequence_without_gt(data, tmp_path, capsys):
     assert code == 2 and "01_GT" in err and "no ground truth" in err
 
 
-def test_crop_size_the_model_cannot_take(data, tmp_path, capsys):
-    code, err = cli(["--model", "vit_unet", "--data", str(data), "--device", "cpu", "--crop-size", "30,64,64",
-                     "--out", str(tmp_path / "r")], capsys)
-    assert code == 2 and "crop size (30, 64, 64)" in err and "multiple of" in err
+def test_crop_size_the_model_cannot_take(data, tmp_path):
+    """A ViT with an explicit patch cannot take a crop that is not a multiple of it: refused before any training."""
+    cfg = replace(tiny(data, tmp_path / "r"), model="vit_unet", model_args={"patch_size": (8, 16, 16)}, crop_size=(30, 64, 64))
+    with pytest.raises(UserError, match=r"crop.*\(30, 64, 64\).*multiple"):
+        training.train(cfg)
+    assert not (tmp_path / "r" / "last.pt").exists()
 
 
 def test_resume_with_another_models_checkpoint_or_a_corrupt_file(data, tmp_path, capsys):
