@@ -226,7 +226,8 @@ def test_each_train_script_trains_on_its_own_with_its_own_model(script, model, d
     assert proc.returncode == 0, proc.stderr[-2000:]
     state = load_checkpoint(run / "best.pt")
     config = __import__(script.removesuffix(".py")).CONFIG
-    assert state["model_name"] == model and state["train_config"]["model_args"] == json.loads(json.dumps(config.model_args))
+    trained_args = state["train_config"]["model_args"]
+    assert state["model_name"] == model and json.loads(json.dumps(config.model_args)).items() <= trained_args.items()
     assert state["train_config"]["epochs"] == 1 and state["train_config"]["steps_per_epoch"] == 1
     assert "SEG" in json.loads((run / "scores.json").read_text())
     proc = subprocess.run([sys.executable, str(ROOT / script), "--data", str(tmp_path / "missing"), "--device", "cpu"],
