@@ -5,18 +5,26 @@ Every model maps [B, in_channels, *S] (S = (D, H, W), or (H, W) with spatial_dim
   model.name          its name here,
   model.config        JSON-serialisable constructor arguments: build_model(model.name, **model.config)
                       rebuilds the same architecture (checkpoints store name + config),
-  model.size_divisor  per spatial axis, the number every input side must be a multiple of.
+  model.size_divisor  per spatial axis, the number every input side must be a multiple of: patch_size for
+                      vit_unet; 1 for unet and swinunetr, which zero-pad inside to a multiple of
+                      model.pad_multiple (the cheapest input sizes) and crop the outputs back.
 
 `build_model(name)` gives a small configuration that trains on a CPU in minutes (the class defaults);
-`build_model(name, preset="paper")` the configuration of the paper; keyword overrides apply on top of either.
+`build_model(name, preset="paper")` the configuration of the paper; keyword overrides apply on top of either
+(the train scripts override some defaults: see their CONFIG). What build_model builds (tests/test_models.py
+checks these counts):
 
-CPU-sized defaults, for 32x64x64 crops (forward+backward of a [2, 1, 32, 64, 64] batch on 2 CPU cores):
-  vit_unet   img_size (32, 64, 64), patch_size (8, 16, 16), hidden 192, MLP 768, 3 heads, 12 layers,
-             feature_size 16 (ViT-Tiny encoder, the paper's decoder): 8.3 M parameters, ~0.75 s
-  swinunetr  feature_size 12, window 4, depths (2, 2, 2, 2), heads (3, 6, 12, 24): 3.9 M, ~0.7 s
-  unet       features (8, 16, 32, 64, 128), strides 1, (1, 2, 2), 2, 2, 2: 1.4 M, ~0.5 s
-Paper presets: vit_unet 92.8 M parameters (96^3, patch 16, ViT-B), swinunetr 62.2 M (feature size 48,
-window 7), unet nnU-Net's 3d_fullres topology (features 32 .. 320, six levels) 31.2 M.
+  build_model(name), for 32x64x64 crops:
+    vit_unet   img_size (32, 64, 64), patch_size (8, 16, 16), hidden 192, MLP 768, 3 heads, 12 layers,
+               feature_size 16 (a ViT-Tiny encoder, the paper's decoder): 8.29 M parameters
+    swinunetr  feature_size 12, patch 2, window 4, depths (2, 2, 2, 2), heads (3, 6, 12, 24): 3.91 M
+    unet       features (8, 16, 32, 64, 128), strides 1, (1, 2, 2), 2, 2, 2: 1.41 M
+  build_model(name, preset="paper"):
+    vit_unet   96^3, patch 16, ViT-B (hidden 768, MLP 3072, 12 heads, 12 layers): 92.78 M
+    swinunetr  feature size 48, window 7: 62.19 M
+    unet       nnU-Net's 3d_fullres topology (features 32 .. 320, six levels): 31.17 M
+
+Speed against MONAI's UNETR and SwinUNETR: bench/models.py.
 """
 from __future__ import annotations
 

@@ -75,6 +75,10 @@ class DropPath(nn.Module):
     """Stochastic depth: drop a residual branch for a whole sample with probability `p` while training."""
 
     def __init__(self, p: float):
+        """
+        Args:
+            p: probability of dropping the branch for a sample.
+        """
         super().__init__()
         self.p = p
 
@@ -90,6 +94,15 @@ class WindowAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window_size: tuple, qkv_bias: bool, attn_drop: float,
                  proj_drop: float):
+        """
+        Args:
+            dim: token width; a multiple of num_heads.
+            num_heads: attention heads.
+            window_size: window per axis (the bias table's size; smaller windows index into it).
+            qkv_bias: whether the fused query/key/value projection has a bias.
+            attn_drop: dropout on the attention weights.
+            proj_drop: dropout after the output projection.
+        """
         super().__init__()
         self.num_heads = num_heads
         self.window_size = window_size
@@ -99,9 +112,9 @@ class WindowAttention(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02, a=-2.0, b=2.0)
         self.register_buffer("relative_position_index", relative_position_index(window_size, window_size),
                              persistent=False)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.qkv = nn.Linear(in_features=dim, out_features=3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(in_features=dim, out_features=dim)
+        self.proj_drop = nn.Dropout(p=proj_drop)
 
     def relative_position_bias(self, window: tuple) -> torch.Tensor:
         """[heads, N, N] bias for the tokens of a (possibly shrunk) window."""
@@ -147,13 +160,26 @@ class SwinTransformerBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window_size: tuple, shifted: bool, mlp_ratio: float,
                  qkv_bias: bool, drop: float, attn_drop: float, drop_path: float):
+        """
+        Args:
+            dim: token width.
+            num_heads: attention heads.
+            window_size: attention window per axis.
+            shifted: SW-MSA (windows shifted by half a window) instead of W-MSA.
+            mlp_ratio: MLP width / dim.
+            qkv_bias: whether the query/key/value projection has a bias.
+            drop: dropout after attention and in the MLP.
+            attn_drop: dropout on the attention weights.
+            drop_path: stochastic-depth rate of both residual branches.
+        """
         super().__init__()
         self.shifted = shifted
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, num_heads, window_size, qkv_bias, attn_drop, drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.attn = WindowAttention(dim=dim, num_heads=num_heads, window_size=window_size, qkv_bias=qkv_bias,
+                                    attn_drop=attn_drop, proj_drop=drop)
+        self.drop_path = DropPath(p=drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), drop)
+        self.mlp = MLP(hidden_size=dim, mlp_dim=int(dim * mlp_ratio), dropout_rate=drop)
 
     def forward(self, x, window: tuple, shift: tuple, mask):
         """x [B, *S, C]; `window`, `shift` and `mask` are the stage's (shift all zero, mask None: W-MSA)."""
@@ -182,12 +208,17 @@ class PatchMerging(nn.Module):
     Neighbours are concatenated in MONAI's (and Swin's) order, so weights are interchangeable."""
 
     def __init__(self, dim: int, spatial_dims: int):
+        """
+        Args:
+            dim: token width C of the input (the output has 2C).
+            spatial_dims: 2 or 3.
+        """
         super().__init__()
         n = spatial_dims
         self.offsets = [tuple(int(a in ones) for a in range(n))
                         for k in range(n + 1) for ones in itertools.combinations(range(n), k)]
         self.norm = nn.LayerNorm(2 ** n * dim)
-        self.reduction = nn.Linear(2 ** n * dim, 2 * dim, bias=False)
+        self.reduction = nn.Linear(in_features=2 ** n * dim, out_features=2 * dim, bias=False)
 
     def forward(self, x):
         """[B, *S, C] → [B, *S/2, 2C]; S even."""
@@ -201,15 +232,30 @@ class BasicLayer(nn.Module):
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: tuple, drop_path: list,
                  mlp_ratio: float, qkv_bias: bool, drop: float, attn_drop: float, spatial_dims: int,
                  use_checkpoint: bool):
+        """
+        Args:
+            dim: token width of the stage (2 dim after its patch merging).
+            depth: Swin blocks, alternating W-MSA and SW-MSA.
+            num_heads: attention heads.
+            window_size: attention window per axis.
+            drop_path: stochastic-depth rate of each block.
+            mlp_ratio: MLP width / dim.
+            qkv_bias: whether the query/key/value projections have a bias.
+            drop: dropout after attention and in the MLPs.
+            attn_drop: dropout on the attention weights.
+            spatial_dims: 2 or 3.
+            use_checkpoint: gradient checkpointing of each block.
+        """
         super().__init__()
         self.window_size = window_size
         self.shift_size = tuple(w // 2 for w in window_size)
         self.use_checkpoint = use_checkpoint
         self.blocks = nn.ModuleList(
-            SwinTransformerBlock(dim, num_heads, window_size, i % 2 == 1, mlp_ratio, qkv_bias, drop, attn_drop,
-                                 drop_path[i])
+            SwinTransformerBlock(dim=dim, num_heads=num_heads, window_size=window_size, shifted=i % 2 == 1,
+                                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop, attn_drop=attn_drop,
+                                 drop_path=drop_path[i])
             for i in range(depth))
-        self.downsample = PatchMerging(dim, spatial_dims)
+        self.downsample = PatchMerging(dim=dim, spatial_dims=spatial_dims)
 
     def forward(self, x):
         """[B, *S, C] → [B, *S/2, 2C]."""
@@ -236,15 +282,33 @@ class SwinTransformer(nn.Module):
     def __init__(self, in_channels: int, embed_dim: int, window_size: tuple, patch_size: tuple, depths,
                  num_heads, mlp_ratio: float, qkv_bias: bool, drop_rate: float, attn_drop_rate: float,
                  drop_path_rate: float, spatial_dims: int, use_checkpoint: bool):
+        """
+        Args:
+            in_channels: image channels.
+            embed_dim: token width after the patch embedding (doubled by every stage).
+            window_size: attention window per axis.
+            patch_size: patch of the embedding per axis.
+            depths: Swin blocks per stage.
+            num_heads: attention heads per stage.
+            mlp_ratio: MLP width / token width.
+            qkv_bias: whether the query/key/value projections have a bias.
+            drop_rate: dropout after the embedding, after attention and in the MLPs.
+            attn_drop_rate: dropout on the attention weights.
+            drop_path_rate: stochastic depth, growing linearly from 0 to this over all blocks.
+            spatial_dims: 2 or 3.
+            use_checkpoint: gradient checkpointing of the Swin blocks.
+        """
         super().__init__()
-        self.patch_embed = CONV[spatial_dims](in_channels, embed_dim, patch_size, patch_size)
-        self.pos_drop = nn.Dropout(drop_rate)
+        self.patch_embed = CONV[spatial_dims](in_channels=in_channels, out_channels=embed_dim,
+                                              kernel_size=patch_size, stride=patch_size)
+        self.pos_drop = nn.Dropout(p=drop_rate)
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]   # stochastic depth grows with depth
         starts = [sum(depths[:i]) for i in range(len(depths))]
         self.layers = nn.ModuleList(
-            BasicLayer(embed_dim * 2 ** i, d, h, window_size, rates[s:s + d], mlp_ratio, qkv_bias, drop_rate,
-                       attn_drop_rate, spatial_dims, use_checkpoint)
+            BasicLayer(dim=embed_dim * 2 ** i, depth=d, num_heads=h, window_size=window_size,
+                       drop_path=rates[s:s + d], mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
+                       attn_drop=attn_drop_rate, spatial_dims=spatial_dims, use_checkpoint=use_checkpoint)
             for i, (d, h, s) in enumerate(zip(depths, num_heads, starts)))
 
     @staticmethod

@@ -3,6 +3,8 @@
 Each level is (conv, instance norm, leaky ReLU) x 2; levels after the first down-sample with a strided first
 conv, whose per-axis stride can skip z for anisotropic stacks; the decoder up-samples by transposed conv
 (kernel = stride), concatenates the skip and applies another level block. Also 2D (`spatial_dims=2`).
+Inputs of any size are accepted: zero-padded inside to a multiple of the total stride, outputs cropped back
+(as Swin-UNETR does).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import ConvBlock, SegMarkerHeads, init_weights, per_axis, up_conv
+from .blocks import ConvBlock, SegMarkerHeads, constructor_config, init_weights, pad_to_multiple, per_axis, up_conv
 
 
 def default_strides(levels: int, spatial_dims: int) -> list[tuple[int, ...]]:
@@ -24,16 +26,23 @@ def default_strides(levels: int, spatial_dims: int) -> list[tuple[int, ...]]:
 
 
 class UNet(nn.Module):
-    """U-Net with segmentation and marker heads. Input [B, in_channels, *S], S a multiple of `size_divisor`
-    (the product of the strides per axis); output (seg_logits [B, 3, *S], marker_logits [B, 1, *S]).
-
-    `features[i]` channels at level i; `strides[i]` (int or per axis) down-samples into level i (strides[0]
-    is usually 1)."""
+    """U-Net with segmentation and marker heads. Input [B, in_channels, *S], any S (padded inside to a multiple
+    of `pad_multiple`, the product of the strides per axis); output (seg_logits [B, 3, *S], marker_logits
+    [B, 1, *S])."""
 
     name = "unet"
 
     def __init__(self, in_channels: int = 1, features=(8, 16, 32, 64, 128), strides=None,
                  spatial_dims: int = 3, use_checkpoint: bool = False):
+        """
+        Args:
+            in_channels: image channels.
+            features: channels of each level, finest first (one level per entry).
+            strides: per level, the stride (int or per axis) of its first conv, i.e. the down-sampling into that
+                level; strides[0] is usually 1. Default: 1, then (1, 2, 2) in 3D (anisotropic z), then 2.
+            spatial_dims: 2 or 3.
+            use_checkpoint: gradient checkpointing of every level block (less memory, one more forward).
+        """
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError("spatial_dims must be 2 or 3")
@@ -42,20 +51,22 @@ class UNet(nn.Module):
         if len(strides) != len(features):
             raise ValueError(f"one stride per level: {len(features)} features but {len(strides)} strides")
         strides = [per_axis(s, spatial_dims, "strides[i]") for s in strides]
-        self.config = dict(in_channels=in_channels, features=list(features), strides=[list(s) for s in strides],
-                           spatial_dims=spatial_dims, use_checkpoint=use_checkpoint)
-        self.size_divisor = tuple(math.prod(axis) for axis in zip(*strides))
+        self.config = constructor_config(UNet.__init__, locals())
+        self.size_divisor = (1,) * spatial_dims                              # any size: padded inside ...
+        self.pad_multiple = tuple(math.prod(axis) for axis in zip(*strides))  # ... to a multiple of this
         self.use_checkpoint = use_checkpoint
         n = spatial_dims
 
         channels = [in_channels, *features]
-        self.encoder = nn.ModuleList(ConvBlock(n, channels[i], channels[i + 1], strides[i])
-                                     for i in range(len(features)))
+        self.encoder = nn.ModuleList(
+            ConvBlock(spatial_dims=n, in_channels=channels[i], out_channels=channels[i + 1], stride=strides[i])
+            for i in range(len(features)))
         self.upsample = nn.ModuleList(up_conv(n, features[i + 1], features[i], strides[i + 1])
                                       for i in reversed(range(len(features) - 1)))
-        self.decoder = nn.ModuleList(ConvBlock(n, 2 * features[i], features[i])
-                                     for i in reversed(range(len(features) - 1)))
-        self.heads = SegMarkerHeads(n, features[0])
+        self.decoder = nn.ModuleList(
+            ConvBlock(spatial_dims=n, in_channels=2 * features[i], out_channels=features[i])
+            for i in reversed(range(len(features) - 1)))
+        self.heads = SegMarkerHeads(spatial_dims=n, in_channels=features[0])
         self.apply(init_weights)
 
     def _run(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -64,13 +75,15 @@ class UNet(nn.Module):
         return block(x)
 
     def forward(self, x):
-        if any(s % d for s, d in zip(x.shape[2:], self.size_divisor)):
-            raise ValueError(f"input size {tuple(x.shape[2:])} is not a multiple of {self.size_divisor}")
+        x, crop = pad_to_multiple(x, self.pad_multiple)  # [B, C, *P], P = S rounded up to pad_multiple
         skips = []
-        for block in self.encoder:                     # level i: [B, features[i], *S / prod(strides[:i+1])]
+        for block in self.encoder:                     # level i: [B, features[i], *P / prod(strides[:i+1])]
             x = self._run(block, x)
             skips.append(x)
         x = skips.pop()
         for up, block in zip(self.upsample, self.decoder):
             x = self._run(block, torch.cat((up(x), skips.pop()), dim=1))   # one level up
-        return self.heads(x)
+        seg, marker = self.heads(x)                    # [B, 3, *P], [B, 1, *P]
+        if crop is not None:
+            seg, marker = seg[crop].contiguous(), marker[crop].contiguous()
+        return seg, marker

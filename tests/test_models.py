@@ -1,9 +1,11 @@
-"""Tests of models/: shapes, paper parameter counts, gradients, determinism, (de)serialisation, 2D forms,
-gradient checkpointing, torch.compile, and MONAI as an oracle (same weights → same outputs).
+"""Tests of models/: shapes, parameter counts, gradients, determinism, (de)serialisation and `config`, 2D forms,
+gradient checkpointing, torch.compile, the channels-last decoder path, docstrings, and MONAI as an oracle (same
+weights → same outputs).
 
 All models here are tiny so that the suite runs in seconds on two CPU cores."""
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import re
@@ -12,10 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import MODEL_NAMES, build_model
-from models.blocks import conv
+import models
+from models import MODEL_NAMES, MODELS, PRESETS, build_model
+from models.blocks import (_ChannelsLastInstanceNorm, _is_channels_last, channels_last, constructor_config, conv,
+                           up_conv)
 from models.swin import WindowAttention, relative_position_index, shift_mask, window_partition, window_reverse
-from models.unetr import decoder_scales
+from models.unetr import decoder_scales, skip_layers
 
 TINY = {
     "vit_unet": dict(img_size=(8, 16, 16), patch_size=(4, 8, 8), hidden_size=32, mlp_dim=64, num_heads=2,
@@ -67,23 +71,46 @@ def test_odd_anisotropic_sizes():
     assert vit.size_divisor == (4, 8, 8)
     swin = tiny("swinunetr").eval()
     assert swin.size_divisor == (1, 1, 1)
+    unet = tiny("unet").eval()
+    assert unet.size_divisor == (1, 1, 1)
     with torch.no_grad():
-        for model, size in ((vit, (20, 72, 88)), (swin, (33, 65, 70))):
+        for model, size in ((vit, (20, 72, 88)), (swin, (33, 65, 70)), (unet, (9, 17, 30))):
             seg, marker = model(torch.randn(1, 1, *size))
             assert seg.shape == (1, 3, *size) and marker.shape == (1, 1, *size)
             assert torch.isfinite(seg).all() and torch.isfinite(marker).all()
 
 
-@pytest.mark.parametrize("name,size", [("vit_unet", (20, 72, 90)), ("unet", (8, 16, 18))])
-def test_sizes_that_do_not_fit_are_refused(name, size):
-    model = tiny(name)
+def test_default_unet_takes_any_size():
+    """20x72x88 is no multiple of the default U-Net's total stride (8, 16, 16): padded inside, cropped back."""
+    model = build_model("unet").eval()
+    with torch.no_grad():
+        seg, marker = model(torch.randn(1, 1, 20, 72, 88))
+    assert seg.shape == (1, 3, 20, 72, 88) and marker.shape == (1, 1, 20, 72, 88)
+    assert seg.is_contiguous() and marker.is_contiguous()
+
+
+def test_unet_padding_is_invisible_on_sizes_that_fit():
+    """On a multiple of the strides nothing is padded; on other sizes the output is that of the zero-padded
+    input, cropped."""
+    model = tiny("unet").eval()
+    x = torch.randn(1, 1, 7, 13, 14)
+    with torch.no_grad():
+        seg, marker = model(x)
+        padded = model(F.pad(x, (0, 2, 0, 3, 0, 1)))          # to 8x16x16, a multiple of (2, 4, 4)
+    torch.testing.assert_close(seg, padded[0][..., :7, :13, :14])
+    torch.testing.assert_close(marker, padded[1][..., :7, :13, :14])
+
+
+def test_vit_unet_sizes_that_do_not_fit_are_refused():
+    model = tiny("vit_unet")
     with pytest.raises(ValueError, match="multiple"):
-        model(torch.randn(1, 1, *size))
+        model(torch.randn(1, 1, 20, 72, 90))
 
 
-def test_size_divisor_of_unet_is_product_of_strides():
-    assert tiny("unet").size_divisor == (2, 4, 4)
-    assert build_model("unet").size_divisor == (8, 16, 16)   # default: z kept at the first down-sampling
+def test_pad_multiple_of_unet_is_product_of_strides():
+    assert tiny("unet").pad_multiple == (2, 4, 4)
+    assert build_model("unet").pad_multiple == (8, 16, 16)   # default: z kept at the first down-sampling
+    assert build_model("unet").size_divisor == (1, 1, 1)
 
 
 def test_build_model_refuses_unknown_names():
@@ -101,6 +128,99 @@ def test_config_is_json_and_rebuilds_the_same_architecture(name):
     assert rebuilt.config == model.config
     assert [(k, v.shape) for k, v in rebuilt.state_dict().items()] == \
            [(k, v.shape) for k, v in model.state_dict().items()]
+
+
+CONFIGS = [(name, preset, overrides) for name in MODEL_NAMES for preset in (None, *PRESETS[name])
+           for overrides in ({}, TINY[name], dict(TINY_2D[name], spatial_dims=2))]
+
+
+@pytest.mark.parametrize("name,preset,overrides", CONFIGS)
+def test_config_round_trip_for_every_model_and_preset(name, preset, overrides):
+    """Through JSON (as a checkpoint stores it) and back: the same config, parameters and buffers."""
+    with torch.device("meta"):
+        model = build_model(name, preset=preset, **overrides)
+        rebuilt = build_model(name, **json.loads(json.dumps(model.config)))
+    assert rebuilt.config == model.config
+    assert rebuilt.size_divisor == model.size_divisor
+    assert [(k, v.shape) for k, v in rebuilt.state_dict().items()] == \
+           [(k, v.shape) for k, v in model.state_dict().items()]
+
+
+def missing_from_config(model) -> set:
+    """Constructor arguments of the model's class that its config does not record."""
+    return set(inspect.signature(type(model).__init__).parameters) - {"self"} - set(model.config)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_config_records_every_constructor_argument(name):
+    model = tiny(name)
+    assert not missing_from_config(model)
+    assert set(model.config) == set(inspect.signature(MODELS[name].__init__).parameters) - {"self"}
+
+
+def test_a_constructor_argument_left_out_of_config_is_caught():
+    """A subclass that adds an argument but keeps its parent's config fails the check above; one that derives
+    its config from its own constructor (constructor_config) passes, with the argument in it."""
+    class Forgetful(models.UNet):
+        def __init__(self, width_factor: int = 2, **kwargs):
+            super().__init__(**kwargs)
+
+    class Recording(models.UNet):
+        def __init__(self, width_factor: int = 2, features=(4, 8, 16), strides=(1, (1, 2, 2), 2)):
+            super().__init__(features=[width_factor * f for f in features], strides=strides)
+            self.config = constructor_config(Recording.__init__, locals())
+
+    assert missing_from_config(Forgetful(features=(4, 8), strides=(1, 2))) == {"width_factor", "kwargs"}
+    recording = Recording(width_factor=3)
+    assert not missing_from_config(recording)
+    assert recording.config == {"width_factor": 3, "features": [4, 8, 16], "strides": [1, [1, 2, 2], 2]}
+
+
+def test_constructor_config_follows_the_signature_and_normalised_values():
+    def init(self, a, b=(1, 2), *, c=None):
+        pass
+    assert constructor_config(init, {"self": None, "a": 1, "b": ((1, 2), 3), "c": "x", "other": 0}) == \
+        {"a": 1, "b": [[1, 2], 3], "c": "x"}
+    with pytest.raises(KeyError):
+        constructor_config(init, {"a": 1, "b": 2})        # an argument the constructor did not record
+
+
+def public_classes():
+    for module in (models.blocks, models.vit, models.unetr, models.swin, models.swin_unetr, models.unet):
+        for name, cls in vars(module).items():
+            if (inspect.isclass(cls) and issubclass(cls, torch.nn.Module) and cls.__module__ == module.__name__
+                    and not name.startswith("_") and "__init__" in vars(cls)):
+                yield cls
+
+
+@pytest.mark.parametrize("cls", list(public_classes()), ids=lambda c: c.__name__)
+def test_every_public_constructor_documents_its_arguments(cls):
+    """MONAI's manner: an Args: block in the constructor's docstring naming every argument."""
+    doc = inspect.getdoc(cls.__init__) or ""
+    assert "Args:" in doc, f"{cls.__name__}.__init__ has no Args: block"
+    for arg in set(inspect.signature(cls.__init__).parameters) - {"self"}:
+        assert re.search(rf"^\s+{arg}:", doc, re.M), f"{cls.__name__}.__init__ does not document {arg}"
+
+
+def test_public_classes_are_found():
+    found = {c.__name__ for c in public_classes()}
+    assert {"UNETR", "SwinUNETR", "UNet", "ViT", "ResBlock", "WindowAttention", "PatchMerging"} <= found
+
+
+def test_models_docstring_states_the_parameter_counts_build_model_gives():
+    """models/__init__'s docstring lists each default and paper model's size; they must be what is built."""
+    lines = models.__doc__.splitlines()
+    start = {preset: next(i for i, line in enumerate(lines) if line.strip().startswith(head))
+             for preset, head in ((None, "build_model(name), for"), ("paper", 'build_model(name, preset="paper")'))}
+    for preset in (None, "paper"):
+        block = lines[start[preset] + 1:]
+        for name in MODEL_NAMES:
+            line = next(i for i, text in enumerate(block) if text.split()[:1] == [name])
+            text = " ".join(block[line:line + 2]) if not re.search(r"M( parameters)?$", block[line]) else block[line]
+            stated = float(re.search(r"([\d.]+) M", text).group(1))
+            with torch.device("meta"):
+                built = n_params(build_model(name, preset=preset)) / 1e6
+            assert stated == round(built, 2), (name, preset, stated, built)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -169,17 +289,23 @@ def test_gradient_checkpointing_changes_nothing(name):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=pname)
 
 
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
 @pytest.mark.parametrize("spatial_dims,kernel,bias", [(3, 3, False), (3, 1, True), (2, 3, True)])
-def test_onednn_convolution_matches_pytorch_forward_and_backward(spatial_dims, kernel, bias):
-    """Batch-1 float32 CPU convolutions take our oneDNN route: values and gradients must match a float64
-    PyTorch convolution to float32 accuracy (oneDNN's, which PyTorch itself uses for batches > 1)."""
+def test_onednn_convolution_matches_pytorch_forward_and_backward(spatial_dims, kernel, bias, layout):
+    """Batch-1 float32 CPU convolutions of maps PyTorch would send to im2col take our oneDNN route (and a 1x1
+    conv of a channels-last map a matrix product): values and gradients must match a float64 PyTorch
+    convolution to float32 accuracy (oneDNN's, which PyTorch itself uses for batches > 1), in the input's
+    layout."""
     torch.manual_seed(0)
     layer = conv(spatial_dims, 5, 7, kernel, bias=bias)
-    x = torch.randn(1, 5, *(6, 12, 13)[-spatial_dims:], requires_grad=True)
+    x = torch.randn(1, 5, *(6, 12, 13)[-spatial_dims:])
+    x = (channels_last(x) if layout == "channels_last" else x).requires_grad_()
     out = layer(x)
-    assert out.grad_fn.name().startswith("_OneDnnConv")
+    pointwise = layout == "channels_last" and kernel == 1
+    assert out.grad_fn.name().startswith("PermuteBackward" if pointwise else "_OneDnnConv")   # movedim
+    assert _is_channels_last(out) == (layout == "channels_last")
     params = [x, layer.weight] + ([layer.bias] if bias else [])
-    params64 = [p.detach().double().requires_grad_() for p in params]
+    params64 = [p.detach().double().contiguous().requires_grad_() for p in params]
     reference = (F.conv3d if spatial_dims == 3 else F.conv2d)
     expected = reference(params64[0], params64[1], params64[2] if bias else None, padding=kernel // 2)
     grad = torch.randn_like(out)
@@ -189,13 +315,88 @@ def test_onednn_convolution_matches_pytorch_forward_and_backward(spatial_dims, k
         torch.testing.assert_close(g.double(), w, rtol=0, atol=2e-5 * w.abs().max().item())
 
 
+def test_large_channels_last_maps_keep_pytorchs_onednn_path():
+    """Above N*C*D*H = 20480 PyTorch's own channels-last oneDNN convolution is the faster one: not rerouted."""
+    layer = conv(3, 16, 16, 3)
+    big = channels_last(torch.randn(1, 16, 32, 64, 64, requires_grad=True))
+    assert layer(big).grad_fn.name() == "ConvolutionBackward0"
+    small = channels_last(torch.randn(1, 16, 16, 32, 32, requires_grad=True))
+    assert layer(small).grad_fn.name().startswith("_OneDnnConv")
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_transposed_convolution_keeps_the_channels_last_layout(batch):
+    up = up_conv(3, 8, 4, (1, 2, 2))
+    x = channels_last(torch.randn(batch, 8, 3, 4, 5))
+    out = up(x)
+    assert out.shape == (batch, 4, 3, 8, 10) and _is_channels_last(out)
+    torch.testing.assert_close(out, up(x.contiguous()))
+
+
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_channels_last_instance_norm_matches_the_group_norm_kernel(offset):
+    """Forward and backward of the channels-last instance norm against GroupNorm with one channel per group:
+    in float64 to rounding, and in float32 as accurate as the GroupNorm kernel (offset: maps whose mean is far
+    from 0 relative to their spread)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 9, 11, dtype=torch.float64) + offset * torch.randn(1, 6, 1, 1, 1, dtype=torch.float64)
+    grad = torch.randn_like(x)
+    x64 = x.clone().requires_grad_()
+    want = torch.group_norm(x64, 6, eps=1e-5)
+    want_grad, = torch.autograd.grad(want, x64, grad)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-6)):
+        xc = channels_last(x.to(dtype)).requires_grad_()
+        got = _ChannelsLastInstanceNorm.apply(xc, 1e-5)
+        got_grad, = torch.autograd.grad(got, xc, channels_last(grad.to(dtype)))
+        assert _is_channels_last(got) and _is_channels_last(got_grad)
+        for g, w in ((got, want), (got_grad, want_grad)):
+            assert (g.double() - w).abs().max() <= tol * w.abs().max(), dtype
+        with torch.no_grad():                                  # the inference path: same values
+            torch.testing.assert_close(models.blocks.InstanceNorm()(xc), got.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_unetr_decoder_runs_channels_last_and_returns_channels_first(batch):
+    model = tiny("vit_unet", feature_size=8)
+    seen = []
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)) and not name.startswith("vit."):
+            module.register_forward_hook(lambda m, i, o, name=name: seen.append((name, _is_channels_last(i[0]),
+                                                                                  _is_channels_last(o))))
+    seg, marker = model(torch.randn(batch, 1, 16, 32, 32))
+    assert len(seen) > 20 and all(i and o for _, i, o in seen), [s for s in seen if not (s[1] and s[2])]
+    assert seg.is_contiguous() and marker.is_contiguous()
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_unetr_in_float32_channels_last_matches_float64(batch):
+    """The float32 forward and gradients (channels-last decoder, oneDNN) against the same weights in float64:
+    the forward to float32 accuracy, the gradients as a whole to 1e-4
+    (relative L2 distance over all parameters; single small gradients such as encoder1.conv3's are ill-conditioned
+    sums, good to ~1e-3 only, in the channels-first float32 network as well)."""
+    torch.manual_seed(0)
+    model = build_model("vit_unet", img_size=(16, 32, 32), patch_size=(8, 16, 16), hidden_size=48, mlp_dim=96,
+                        num_heads=4, num_layers=4, feature_size=8)
+    x = torch.randn(batch, 1, 16, 32, 32)
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        model.to(dtype).zero_grad()
+        seg, marker = model(x.to(dtype))
+        (seg.square().mean() + marker.square().mean()).backward()
+        results.append(([seg.detach(), marker.detach()], torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (out32, grads32), (out64, grads64) = results
+    for a, b in zip(out32, out64):
+        assert (a.double() - b).abs().max() <= 1e-5 * b.abs().max()
+    assert (grads32.double() - grads64).norm() <= 1e-4 * grads64.norm()
+
+
 # --------------------------------------------------------------------------- 2D and compile
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_2d_forms(name):
     torch.manual_seed(0)
     model = build_model(name, spatial_dims=2, **TINY_2D[name])
     assert len(model.size_divisor) == 2
-    size = (40, 48) if name != "swinunetr" else (37, 50)
+    size = (40, 48) if name == "vit_unet" else (37, 50)       # unet and swinunetr: any size
     seg, marker = model(torch.randn(2, 1, *size))
     assert seg.shape == (2, 3, *size) and marker.shape == (2, 1, *size)
     (seg.mean() + marker.mean()).backward()
@@ -225,6 +426,16 @@ def test_paper_unetr_grid_and_decoder():
         model = build_model("vit_unet", preset="paper")
     assert model.vit.patch_embedding.grid_size == (6, 6, 6)
     assert model.skip_layers == (2, 5, 8)                  # z3, z6, z9 (0-based), z12 is the bottleneck
+
+
+def test_skip_layers_are_blocks_l4_l2_3l4():
+    """1-based: blocks floor(L/4), floor(L/2), floor(3L/4) (at least block 1) feed the 1/2, 1/4, 1/8 skips."""
+    assert skip_layers(12) == (2, 5, 8)                    # z3, z6, z9
+    assert skip_layers(6) == (0, 2, 3)                     # z1, z3, z4 (train_vit2.py's 6 layers)
+    assert skip_layers(8) == (1, 3, 5)                     # z2, z4, z6
+    assert skip_layers(4) == (0, 1, 2)
+    assert skip_layers(2) == (0, 0, 0)
+    assert tiny("vit_unet", num_layers=6).skip_layers == (0, 2, 3)
 
 
 def test_decoder_scales_spread_the_patch_over_four_stages():
