@@ -16,7 +16,7 @@ CONFIG = TrainConfig(
     model_args=dict(
         hidden_size=192,          # transformer width
         mlp_dim=768,              # transformer MLP width
-        num_layers=6,             # transformer blocks (skips taken from blocks 2, 3, 5, 6... evenly spaced)
+        num_layers=6,             # transformer blocks: 1, 3, 4 feed the skips, block 6 the bottleneck (models.unetr.skip_layers)
         num_heads=6,              # attention heads
         feature_size=16,          # channels of the decoder's first level
     ),
