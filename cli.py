@@ -83,11 +83,8 @@ def track_command(args) -> int:
     axis_spacing(voxel_size, ndim)  # fail before reading any frame
     params = track_params(args)
     out = Path(args.out)
-    inputs = [Path(args.masks)]
-    ResultFolder.check(out, args.overwrite, inputs)
     figures_dir = figures_dir_for(out) if args.figures else None
-    if figures_dir is not None:
-        check_free(figures_dir, args.overwrite, inputs)
+
     def read(t: int):
         mask = read_labels(files[t], ndim)
         problem = None if args.force else label_image_problem(mask)
@@ -97,7 +94,7 @@ def track_command(args) -> int:
 
     masks = (read(t) for t in frames)
     tracks = write_tracked_result(masks, frames, out, voxel_size, params, args.overwrite, figures_dir, names=files,
-                                  inputs=inputs)
+                                  inputs=[Path(args.masks)])
     children = {}
     for parent in tracks[:, 3].tolist():
         if parent:

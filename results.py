@@ -40,10 +40,7 @@ def write_tracked_result(masks: Iterable[tuple[int, np.ndarray]], frames, out: s
     """
     out = Path(out)
     frames = check_consecutive(frames, str(out))
-    ResultFolder.check(out, overwrite, inputs)
-    if figures_dir is not None:
-        from figures import check_free
-        check_free(figures_dir, overwrite, inputs)
+    # entering both folders checks them (inputs, overwrite rules) before the first mask is asked for
     with ResultFolder(out, frames[-1] + 1, overwrite, inputs) as result, _figure_folder(figures_dir, overwrite, inputs) as fig_dir:
         scratch = result.tmp / ".masks"
         scratch.mkdir()

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 import figures
 from dataset import Sequence
-from dataset.fileio import MARK, atomic_path, check_output, make_dir, mark, write_json
+from dataset.fileio import MARK, atomic_path, check_output, mark, write_json
 from dataset3D import AugmentConfig, CropDataset, load_volumes
 from errors import OutputError, UserError
 from losses import PARTS, LossWeights, combined_loss
@@ -83,14 +83,14 @@ class TrainConfig:
     final_predict: bool = True               # predict, track and score the validation sequence at the end
 
 
-FLAGS = {"data": "data", "train_seq": "train_seq", "val_seq": "val_seq", "epochs": "epochs",
-         "steps_per_epoch": "steps_per_epoch", "batch_size": "batch_size", "lr": "lr", "crop_size": "crop_size",
-         "device": "device", "out": "out", "seed": "seed", "voxel_size": "voxel_size"}
+#: TrainConfig fields that main.py's training flags set (flag --batch-size is field batch_size, ...).
+FLAGS = ("data", "train_seq", "val_seq", "epochs", "steps_per_epoch", "batch_size", "lr", "crop_size", "device", "out",
+         "seed", "voxel_size")
 
 
 def given_flags(args) -> dict:
     """{TrainConfig field: value} of the flags given on the command line (argparse Namespace from main.py)."""
-    return {key: getattr(args, flag) for flag, key in FLAGS.items() if getattr(args, flag, None) is not None}
+    return {name: getattr(args, name) for name in FLAGS if getattr(args, name, None) is not None}
 
 
 def apply_overrides(cfg: TrainConfig, args) -> TrainConfig:
@@ -318,7 +318,7 @@ class Trainer:
             self.previous = self.out.with_name(f"{self.out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
             os.replace(self.out, self.previous)
             print(f"moved the previous run {self.out} to {self.previous}; it is removed after the first checkpoint")
-        make_dir(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
         mark(self.out, "run")
         write_json(self.out / "config.json", config_dict(self.cfg))
         write_json(self.out / "plan.json", self.plan.to_json())

@@ -60,13 +60,6 @@ def write_json(path: str | Path, data) -> None:
         Path(tmp).write_text(json.dumps(data, indent=2, default=float) + "\n")
 
 
-def make_dir(path: str | Path) -> Path:
-    """mkdir -p with the user's umask (tempfile.mkdtemp makes 0700 folders)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 # ----------------------------------------------------------------------------- ownership
 def mark(folder: str | Path, kind: str) -> None:
     """Write the marker that says `folder` was written by this project (kind: result, figures, run, dataset)."""
@@ -203,7 +196,7 @@ class OutputFolder:
 
     def __enter__(self) -> Path:
         self.check()
-        make_dir(self.path.parent)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         try:
             clean_stale(self.path)
