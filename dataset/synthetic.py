@@ -1,29 +1,43 @@
 """Synthetic Fluo-N3DH-SIM+-like 3D+t sequences (2D+t too), written as a complete CTC data set.
 
-This is the project's embedded default data: the default training run and the tests use it. Two presets
+This is the project's embedded default data: the default training run and the tests use it. Three presets
 (`preset_config`): "demo", the default (nuclei of about 12x18x18 voxels, 2.4 um, in 32x128x128 frames, small enough
-for a CPU run of minutes), and "sim+", the scale of the real Fluo-N3DH-SIM+ (nuclei of about 32x50x50 voxels,
-6-7 um, in 59x350x330 frames), to exercise the path real data takes.
+for a CPU run of minutes), "sim+", the scale of the real Fluo-N3DH-SIM+ (nuclei of about 32x50x50 voxels,
+6-7 um, in 59x350x330 frames), to exercise the path real data takes, and "hard", the demo's frames and nuclei
+made hard to segment (below), to tell robust models from ones that only fit clean data.
 
 Model (all geometry in micrometres, so z comes out coarser than x/y exactly as in SIM+, where a voxel
 is 0.125 x 0.125 x 0.2 um):
 - nuclei are ellipsoids (ellipses in 2D) of random size, elongation, 3D orientation and brightness,
-  textured by smooth noise and a few nucleoli-like spots, slightly dimmer towards the rim;
+  textured by smooth noise and a few nucleoli-like spots, slightly dimmer towards the rim; with
+  `irregularity`, the surface radius is the ellipsoid's times 1 + irregularity * (a sum of a few random
+  low-frequency waves over the directions, within [-1, 1]), and the normalised distance follows that surface;
 - motion is smooth: velocity with momentum, small random accelerations, slow rotation, weak adhesion
   between close neighbours and a hard limit on their overlap, so nuclei crowd and touch but barely
   overlap; they stay inside the volume (clamped at the borders, velocity reflected);
 - divisions: the mother's track ends at frame t; two smaller daughters start at t + 1 on either side of
   her position, along her long axis, with P = mother;
-- labels: where ellipsoids overlap, a voxel goes to the nucleus with the smallest normalised ellipsoid
-  distance, so touching nuclei share a face; every track is present in every frame from B to E;
-- imaging: Gaussian PSF (stronger in z), background, Poisson shot noise, Gaussian read noise, camera
-  offset, uint16.
+- labels: where nuclei overlap, a voxel goes to the nucleus with the smallest normalised distance, so
+  touching nuclei share a face; labels and intensity come from the same distance, so they match the drawn
+  shape exactly; every track is present in every frame from B to E;
+- imaging: Gaussian PSF (stronger in z), with `haze` out-of-focus light (the nuclei blurred by a 1 um
+  Gaussian, `haze` times their in-focus light), background (with `gradient`, times 1 + gradient * a smooth
+  field in [-1, 1] fixed per sequence: a ramp plus slow waves), Poisson shot noise, Gaussian read noise,
+  camera offset, uint16.
 
 SNR (`snr`) = (mean image intensity inside nuclei - mean background) / std of the background, where
 the background is every voxel more than `SNR_MARGIN` voxels (chessboard distance) from any nucleus.
 At the default settings every frame has an SNR in `SNR_RANGE` (4.1 to 6.3 over 50 seeds, 5.2 on
 average): nuclei clearly visible but noisy, as in SIM+. More `photons` (and `background`) raise it as
 their square root.
+
+The "hard" preset has the demo's frame size, frame count and nucleus size, with a PSF twice as wide, 25
+instead of 45 photons, brightness from 0.3 to 1.5, more texture, haze 0.5, a background gradient of +-40 %,
+irregular surfaces (0.4: about 10 times the demo's deviation from the best-fitting ellipsoid) and about 1.6x
+the nuclei, 80 % of them starting in contact (3x the touching pairs). Its frames have an SNR in
+`HARD_SNR_RANGE` (1.6 to 2.7 over 20 seeds, 2.2 on average). The classical baseline (bench/baseline.py, Otsu +
+distance watershed) scores SEG 0.25-0.45 on it against 0.80-0.87 on the demo (both sequences of seeds 0 and 1).
+Its nuclei come out about 10 % smaller in diameter than the demo's: crowding favours the smaller ones at placement.
 """
 from __future__ import annotations
 
@@ -50,6 +64,8 @@ REFERENCE_SHAPE = (32, 128, 128)
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "data" / "synth"
 #: Every frame made with the default settings has an SNR in this range (see the module docstring).
 SNR_RANGE = (3.5, 8.0)
+#: Every frame of the "hard" preset has an SNR in this range, below SNR_RANGE (see the module docstring).
+HARD_SNR_RANGE = (1.2, 3.2)
 SNR_MARGIN = 3
 #: Smallest sizes accepted: (z, y/x) voxels.
 MIN_SIZE = (8, 16)
@@ -57,12 +73,15 @@ MIN_SIZE = (8, 16)
 # Fixed parts of the model (SynthConfig holds what a user may want to change).
 _MAX_OVERLAP = 0.08       # neighbours may overlap by this fraction of their summed radii along the line of centres
 _ADHESION_RANGE = 0.5     # um: neighbours closer than this are pulled into contact
-_CONTACT_PROB = 0.35      # chance that a nucleus starts in contact with an earlier one
+_CONTACT_PROB = 0.35      # default chance that a nucleus starts in contact with an earlier one
 _MOMENTUM = 0.8           # fraction of the velocity kept from one frame to the next
 _ROTATION = 0.05          # radians per frame, typical slow rotation
 _RIM_DIM = 0.25           # intensity at the rim is (1 - _RIM_DIM) of the centre
 _DAUGHTER_SCALE = 0.8     # daughters' radii relative to the mother's (about half her volume)
 _TEXTURE_SCALE = 0.25     # um, correlation length of the chromatin-like texture
+_HAZE_SCALE = 1.0         # um, std of the wide Gaussian that spreads the out-of-focus light (`haze`)
+_BUMPS = 6                # plane waves summed into an irregular surface
+_BUMP_FREQUENCY = (1.5, 3.5)  # their spatial frequency on the unit sphere: one or two lobes, low-frequency
 
 
 @dataclass
@@ -88,9 +107,18 @@ class SynthConfig:
     background: float = 25.0                               # background photons per voxel
     read_noise: float = 4.0                                # std of the Gaussian camera noise
     offset: float = 100.0                                  # camera offset added to every voxel
+    # Added after GENERATOR_VERSION 1: at these defaults they draw nothing and change nothing (see _jsonable).
+    contact: float = _CONTACT_PROB                         # chance that a nucleus starts touching an earlier one
+    irregularity: float = 0.0                              # surface radius within +- this fraction of the ellipsoid's
+    haze: float = 0.0                                      # out-of-focus light (widely blurred), x the in-focus light
+    gradient: float = 0.0                                  # background varies smoothly by up to +- this fraction
+
+#: Fields added after version 1, with the defaults at which they are off; synth.json lists them only when they
+#: differ, so a set written before they existed still matches its (unchanged) configuration.
+_ADDED_FIELDS = {"contact": _CONTACT_PROB, "irregularity": 0.0, "haze": 0.0, "gradient": 0.0}
 
 
-#: Named configurations; "demo" is the default (`SynthConfig()`), "sim+" the real data's scale.
+#: Named configurations; "demo" is the default (`SynthConfig()`), "sim+" the real data's scale, "hard" the demo made hard.
 PRESETS = {
     "demo": SynthConfig(),
     # Fluo-N3DH-SIM+: 0.125 x 0.125 x 0.2 um voxels, frames of about 59 x 350 x 330, nuclei 6-7 um across
@@ -100,6 +128,11 @@ PRESETS = {
     # nucleus size, so a nucleus moves about the same fraction of its diameter per frame as in the demo.
     "sim+": SynthConfig(shape=(59, 350, 330), frames=10, nuclei=(24, 40), divisions=(3, 6), radius_xy=(22.0, 31.0),
                         speed=0.6),
+    # The demo's frames and nuclei made hard (HARD_SNR_RANGE): dimmer (fewer photons), blurrier (a PSF twice as wide),
+    # of uneven brightness (a 5x range), on a hazy background (out-of-focus glow of the nuclei plus a smooth field),
+    # of irregular shape, and crowded (1.6x the nuclei, most of them starting in contact). Baseline SEG 0.25-0.45 (demo 0.80-0.87).
+    "hard": SynthConfig(nuclei=(14, 22), divisions=(2, 4), brightness=(0.3, 1.5), texture=0.3,
+                        psf_sigma=(0.2, 0.2, 0.5), photons=25.0, contact=0.8, irregularity=0.4, haze=0.5, gradient=0.4),
 }
 
 
@@ -121,15 +154,40 @@ class _Nucleus:
     brightness: float
     spots: np.ndarray        # (k, ndim) nucleoli-like spot centres, local coordinates in um
     spot_gain: np.ndarray    # (k,) relative intensity change at each spot centre
+    irregularity: float = 0.0          # the surface radius is (1 + irregularity * bumps(u)) of the ellipsoid's
+    waves: np.ndarray | None = None    # (_BUMPS, ndim) plane-wave vectors of bumps(u), u a unit vector in the
+    phases: np.ndarray | None = None   #   ellipsoid's normalised frame; phases and weights (|weights| sum to 1,
+    weights: np.ndarray | None = None  #   so |bumps| <= 1)
+
+    def bumps(self, u: np.ndarray) -> np.ndarray:
+        """The surface's low-frequency radial deviation in [-1, 1] at unit directions u (..., ndim), normalised frame."""
+        return np.cos(u @ self.waves.T + self.phases) @ self.weights
 
     def radius_along(self, direction: np.ndarray) -> float:
         """Distance from the centre to the surface along a unit direction."""
         local = self.rotation.T @ direction
-        return float(1.0 / np.sqrt(np.sum((local / self.axes) ** 2)))
+        p = local / self.axes
+        rho = np.sqrt(np.sum(p ** 2))
+        if self.irregularity:
+            return float((1 + self.irregularity * self.bumps(p / rho)) / rho)
+        return float(1.0 / rho)
 
     def half_box(self) -> np.ndarray:
-        """Half extent of the bounding box along each array axis, in um."""
-        return np.sqrt(((self.rotation * self.axes) ** 2).sum(axis=1))
+        """Half extent of the bounding box along each array axis, in um (of the ellipsoid grown by the bumps' most)."""
+        return np.sqrt(((self.rotation * self.axes) ** 2).sum(axis=1)) * (1 + self.irregularity)
+
+    def distance2(self, local: list[np.ndarray]) -> np.ndarray:
+        """Normalised squared distance (< 1 inside, 1 on the surface) at local coordinates in um (one array per axis).
+
+        An irregular surface divides the ellipsoid's distance by its radius factor along each voxel's direction,
+        so labels, intensity and ownership of contested voxels all follow the one drawn surface.
+        """
+        d2 = sum((l / a) ** 2 for l, a in zip(local, self.axes))
+        if not self.irregularity:
+            return d2
+        rho = np.sqrt(d2)
+        u = np.stack(np.broadcast_arrays(*(l / a for l, a in zip(local, self.axes))), axis=-1) / np.maximum(rho, 1e-12)[..., None]
+        return d2 / (1 + self.irregularity * self.bumps(u)) ** 2
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -159,6 +217,10 @@ def _check(cfg: SynthConfig) -> None:
         lo, hi = getattr(cfg, name)
         if not 0 <= lo <= hi:
             raise UserError(f"synthetic {name} {(lo, hi)}: expected a range 0 <= low <= high")
+    for name, high in (("contact", 1.0), ("irregularity", 0.5), ("gradient", 1.0), ("haze", float("inf"))):
+        value = getattr(cfg, name)
+        if not 0 <= value <= high or (name in ("irregularity", "gradient") and value == high):
+            raise UserError(f"synthetic {name} {value}: expected 0 <= {name} {'<=' if name == 'contact' else '<'} {high}")
     if cfg.nuclei[1] < 1 or cfg.radius_xy[0] <= 0:
         raise UserError(f"synthetic nuclei {cfg.nuclei} / radius_xy {cfg.radius_xy}: need at least one nucleus of positive radius")
 
@@ -179,7 +241,9 @@ def _scales(cfg: SynthConfig, spacing: np.ndarray) -> tuple[float, float]:
 
 
 def _jsonable(cfg: SynthConfig) -> dict:
-    return json.loads(json.dumps(asdict(cfg)))
+    """The config as synth.json holds it: fields added after version 1 only where they differ from their off value."""
+    values = {k: v for k, v in asdict(cfg).items() if k not in _ADDED_FIELDS or v != _ADDED_FIELDS[k]}
+    return json.loads(json.dumps(values))
 
 
 def sequence_seed(seed: int, name: str) -> int:
@@ -213,8 +277,14 @@ def _new_nucleus(rng, label, centre, radius_um, cfg, ndim, velocity=None) -> _Nu
     if velocity is None:
         direction = rng.standard_normal(ndim)
         velocity = direction / np.linalg.norm(direction) * cfg.speed * rng.uniform(0.5, 1.5)
-    return _Nucleus(label, np.array(centre, float), np.array(velocity, float), axes, _rotation(rng, ndim),
-                    float(rng.uniform(*cfg.brightness)), spots, gain)
+    n = _Nucleus(label, np.array(centre, float), np.array(velocity, float), axes, _rotation(rng, ndim),
+                 float(rng.uniform(*cfg.brightness)), spots, gain)
+    if cfg.irregularity > 0:  # drawn only when asked for, so regular sets keep their random stream
+        waves = np.stack([_unit(rng, ndim) for _ in range(_BUMPS)]) * rng.uniform(*_BUMP_FREQUENCY, (_BUMPS, 1))
+        weights = rng.standard_normal(_BUMPS)
+        n.irregularity, n.waves, n.phases = cfg.irregularity, waves, rng.uniform(0, 2 * np.pi, _BUMPS)
+        n.weights = weights / np.abs(weights).sum()
+    return n
 
 
 def _confine(n: _Nucleus, lengths: np.ndarray) -> None:
@@ -290,7 +360,7 @@ def _initial(cfg, rng, ndim, lengths, radius_range, count) -> list[_Nucleus]:
     for label in range(1, count + 1):
         for _attempt in range(100):
             n = _new_nucleus(rng, label, rng.uniform(0, lengths), rng.uniform(*radius_range), cfg, ndim)
-            if nuclei and rng.random() < _CONTACT_PROB:
+            if nuclei and rng.random() < cfg.contact:
                 other = nuclei[int(rng.integers(len(nuclei)))]
                 u = _unit(rng, ndim)
                 n.centre = other.centre + u * (other.radius_along(u) + n.radius_along(-u)) * (1 - _MAX_OVERLAP / 2)
@@ -352,7 +422,7 @@ def _render(nuclei, shape, spacing) -> tuple[np.ndarray, np.ndarray]:
         box = tuple(slice(a, b) for a, b in zip(lo, hi))
         grids = np.ix_(*(np.arange(a, b) * s - c for a, b, s, c in zip(lo, hi, spacing, n.centre)))
         local = [sum(g * n.rotation[k, j] for k, g in enumerate(grids)) for j in range(len(shape))]
-        d2 = sum((l / a) ** 2 for l, a in zip(local, n.axes)).astype(np.float32)
+        d2 = n.distance2(local).astype(np.float32)
         win = d2 < best[box]
         sigma2 = 2 * (0.25 * n.axes.min()) ** 2
         spots = sum(g * np.exp(-sum((l - c) ** 2 for l, c in zip(local, s)) / sigma2) for s, g in zip(n.spots, n.spot_gain))
@@ -363,13 +433,31 @@ def _render(nuclei, shape, spacing) -> tuple[np.ndarray, np.ndarray]:
     return labels, phantom
 
 
-def _image(phantom, cfg, rng, spacing, psf) -> np.ndarray:
-    """Texture, PSF blur, photon and read noise, camera offset -> uint16."""
-    field = ndimage.gaussian_filter(rng.standard_normal(phantom.shape).astype(np.float32), _TEXTURE_SCALE / spacing)
-    field /= field.std()
-    textured = np.clip(phantom * (1 + cfg.texture * field), 0, None)
+def _background_field(shape, spacing, rng) -> np.ndarray:
+    """A smooth random field in [-1, 1] (mean 0): a linear ramp along a random direction (as attenuation with
+    depth would make) plus three waves of 0.5 to 1 cycle per side, so it varies over the volume, not within a nucleus."""
+    sides = np.array(shape) * spacing
+    grids = np.ix_(*(np.arange(n) * s for n, s in zip(shape, spacing)))
+    direction = _unit(rng, len(shape))
+    field = sum(g * d / L for g, d, L in zip(grids, direction, sides))
+    for _ in range(3):
+        k = _unit(rng, len(shape)) * rng.uniform(0.5, 1.0) * 2 * np.pi / sides
+        field = field + rng.uniform(0.3, 0.7) * np.cos(sum(g * kk for g, kk in zip(grids, k)) + rng.uniform(0, 2 * np.pi))
+    field = np.broadcast_to(field, shape) - np.mean(field)
+    return (field / np.abs(field).max()).astype(np.float32)
+
+
+def _image(phantom, cfg, rng, spacing, psf, field=None) -> np.ndarray:
+    """Texture, PSF blur, out-of-focus haze, background (times 1 + gradient * field), photon and read noise,
+    camera offset -> uint16."""
+    texture = ndimage.gaussian_filter(rng.standard_normal(phantom.shape).astype(np.float32), _TEXTURE_SCALE / spacing)
+    texture /= texture.std()
+    textured = np.clip(phantom * (1 + cfg.texture * texture), 0, None)
     blurred = ndimage.gaussian_filter(textured, psf)
-    counts = rng.poisson(cfg.background + cfg.photons * blurred.astype(np.float64))
+    if cfg.haze > 0:
+        blurred = blurred + cfg.haze * ndimage.gaussian_filter(textured, _HAZE_SCALE / spacing)
+    background = cfg.background if field is None else cfg.background * (1 + cfg.gradient * field.astype(np.float64))
+    counts = rng.poisson(background + cfg.photons * blurred.astype(np.float64))
     signal = cfg.offset + counts + rng.normal(0.0, cfg.read_noise, phantom.shape)
     return np.clip(np.rint(signal), 0, np.iinfo(np.uint16).max).astype(np.uint16)
 
@@ -389,6 +477,7 @@ def generate_sequence(cfg: SynthConfig, seed: int) -> tuple[list[np.ndarray], li
     count = max(1, int(round(int(rng.integers(cfg.nuclei[0], cfg.nuclei[1] + 1)) * count_scale)))
     nuclei = _initial(cfg, rng, ndim, lengths, radius_range, count)
     divisions = _division_times(cfg, rng, count_scale)
+    field = _background_field(shape, spacing, rng) if cfg.gradient > 0 else None  # one per sequence, as a microscope's
 
     tracks = {n.label: [n.label, 0, cfg.frames - 1, 0] for n in nuclei}
     next_label = len(nuclei) + 1
@@ -397,7 +486,7 @@ def generate_sequence(cfg: SynthConfig, seed: int) -> tuple[list[np.ndarray], li
         if t > 0:
             _step(nuclei, cfg, rng, ndim, lengths)
         labels, phantom = _render(nuclei, shape, spacing)
-        images.append(_image(phantom, cfg, rng, spacing, psf))
+        images.append(_image(phantom, cfg, rng, spacing, psf, field))
         label_frames.append(labels)
         candidates = [n for n in nuclei if tracks[n.label][1] < t]  # lived at least two frames
         for _ in range(divisions.count(t)):

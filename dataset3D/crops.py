@@ -16,7 +16,7 @@ from tqdm import tqdm
 from dataset import Sequence
 from dataset.ctc import CTCFormatError
 
-from .augment import AugmentConfig, geometric, intensity, resize, source_size
+from .augment import AugmentConfig, geometric, intensity, resize, rotated_size, rotation_angle, source_size
 from .resample import resample_image, resample_labels
 from .targets import marker_core, normalize, three_class
 
@@ -82,13 +82,14 @@ class CropDataset(Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, index))
         vol = self.volumes[int(rng.integers(len(self.volumes)))]
         size = source_size(self.crop, self.augment, rng) if self.augment else self.crop
+        angle = rotation_angle(self.augment, rng) if self.augment else 0.0
         centre = None
         if len(vol.foreground) and rng.random() < self.fg_fraction:
             centre = np.unravel_index(vol.foreground[rng.integers(len(vol.foreground))], vol.image.shape)
-        arrays = cut([vol.image, vol.classes, vol.marker], size, centre, rng)
+        arrays = cut([vol.image, vol.classes, vol.marker], rotated_size(size, angle), centre, rng)
         arrays[0] = arrays[0].astype(np.float32)
-        if self.augment:
-            arrays = resize(arrays, self.crop, orders=(1, 0, 0))
+        if self.augment:  # scaled (and turned) alike: the image linearly, the targets to the nearest voxel
+            arrays = resize(arrays, self.crop, orders=(1, 0, 0), source=size, angle=angle)
             arrays = geometric(arrays, self.augment, rng)
             arrays[0] = intensity(arrays[0], self.augment, rng)
         image, classes, marker = arrays

@@ -1,4 +1,5 @@
 """The synthetic SIM+-like generator: deterministic, valid CTC ground truth, and the promised properties."""
+import hashlib
 import json
 import shutil
 import warnings
@@ -12,8 +13,8 @@ import main
 from dataset import (CTCFormatError, ResultFolder, Sequence, check_track_folder, labels_present, lineage_problems,
                      list_frames, read_labels)
 from dataset import synthetic
-from dataset.synthetic import (SNR_RANGE, SynthConfig, ensure_default_dataset, generate_sequence, sequence_seed, snr,
-                               write_dataset)
+from dataset.synthetic import (HARD_SNR_RANGE, SNR_RANGE, SynthConfig, ensure_default_dataset, generate_sequence,
+                               sequence_seed, snr, write_dataset)
 from errors import UserError
 
 SMALL = SynthConfig(shape=(16, 64, 64), frames=5, radius_xy=(4.0, 6.0))
@@ -34,6 +35,14 @@ def small_set(tmp_path_factory):
 
 def present(labels):
     return {t: labels_present(l) for t, l in enumerate(labels)}
+
+
+def digest(images, labels, tracks) -> str:
+    """A fingerprint of a generated sequence's bytes."""
+    h = hashlib.sha256()
+    for a in list(images) + list(labels) + [tracks]:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
 
 
 def touching_pairs(labels):
@@ -284,6 +293,7 @@ def test_sim_preset_has_the_real_data_scale():
             if box is not None:
                 assert ndimage.label(label[box] == value)[1] == 1
     assert SNR_RANGE[0] <= snr(images[0], labels[0]) <= SNR_RANGE[1]
+    assert digest(images, labels, tracks) == "ae74040d05473a2f"  # byte for byte what it made before the hard preset
 
 
 def test_cli_preset_with_overrides(tmp_path, capsys):
@@ -295,3 +305,131 @@ def test_cli_preset_with_overrides(tmp_path, capsys):
     assert Sequence(out, "01").shape == (59, 128, 120)
     assert main.main(["synth", "--out", str(tmp_path / "demo"), "--frames", "2"]) == 0  # no --preset: the demo
     assert json.loads((tmp_path / "demo" / "synth.json").read_text())["config"] == synthetic._jsonable(SynthConfig(frames=2))
+    assert main.main(["synth", "--out", str(tmp_path / "hard"), "--frames", "2", "--shape", "16,64,64", "--preset", "hard"]) == 0
+    config = json.loads((tmp_path / "hard" / "synth.json").read_text())["config"]
+    assert config["irregularity"] == 0.4 and config["haze"] == 0.5 and config["gradient"] == 0.4 and config["contact"] == 0.8
+    check_track_folder(tmp_path / "hard" / "01_GT" / "TRA")
+
+
+# ----------------------------------------------------------------------------- the hard preset
+HARD = synthetic.preset_config("hard")
+SPACING = np.array([0.2, 0.125, 0.125])  # um, (z, y, x) of the demo and the hard preset
+
+
+@pytest.fixture(scope="module")
+def hard_sequence():
+    return generate_sequence(HARD, seed=0)
+
+
+def whole_nuclei(labels):
+    """(label, box) of the nuclei not cut by the volume's border."""
+    return [(value, box) for value, box in enumerate(ndimage.find_objects(labels), start=1)
+            if box is not None and all(0 < s.start and s.stop < n for s, n in zip(box, labels.shape))]
+
+
+def ellipsoid_misfit(mask: np.ndarray) -> float:
+    """1 - IoU of a nucleus and the solid ellipsoid of its centroid and second moments (in um): about 0 for an
+    ellipsoid, more the less it is one. (A solid ellipsoid of semi-axes a has covariance diag(a^2) / 5.)"""
+    points = np.argwhere(mask) * SPACING
+    centre = points.mean(axis=0)
+    inverse = np.linalg.inv(5 * np.cov((points - centre).T))
+    d = np.indices(mask.shape).reshape(mask.ndim, -1).T * SPACING - centre
+    inside = (np.einsum("ij,jk,ik->i", d, inverse, d) <= 1).reshape(mask.shape)
+    return 1 - (inside & mask).sum() / (inside | mask).sum()
+
+
+def median_misfit(labels) -> float:
+    values = []
+    for value, box in whole_nuclei(labels):
+        grown = tuple(slice(max(0, s.start - (s.stop - s.start) // 2), s.stop + (s.stop - s.start) // 2) for s in box)
+        values.append(ellipsoid_misfit(labels[grown] == value))
+    return float(np.median(values))
+
+
+def test_new_model_terms_are_off_by_default_and_leave_the_demo_byte_identical(default_sequence):
+    """A demo set made before irregularity/haze/gradient/contact existed is still the same set, and its synth.json
+    still matches (so cached default sets are not regenerated)."""
+    assert digest(*default_sequence) == "b100cc214c4c5db1"
+    assert list(synthetic._jsonable(SynthConfig())) == ["shape", "frames", "voxel_size", "nuclei", "divisions", "radius_xy",
+                                                        "elongation", "brightness", "texture", "speed", "psf_sigma",
+                                                        "photons", "background", "read_noise", "offset"]
+    assert {"irregularity", "haze", "gradient", "contact"} <= set(synthetic._jsonable(HARD))
+    for bad in ({"irregularity": 0.5}, {"gradient": 1.0}, {"haze": -0.1}, {"contact": 1.5}):
+        with pytest.raises(UserError, match=next(iter(bad))):
+            generate_sequence(replace(SMALL, **bad), seed=0)
+
+
+def test_hard_preset_snr_is_in_its_stated_range_below_the_demos(hard_sequence, default_sequence):
+    images, labels, _ = hard_sequence
+    assert len(images) == 10 and images[0].shape == labels[0].shape == (32, 128, 128)
+    values = [snr(i, l) for i, l in zip(images, labels)]
+    assert all(HARD_SNR_RANGE[0] <= v <= HARD_SNR_RANGE[1] for v in values), values
+    assert HARD_SNR_RANGE[1] < SNR_RANGE[0]
+    assert max(values) < min(snr(i, l) for i, l in zip(*default_sequence[:2]))
+
+
+def test_hard_preset_nuclei_are_irregular_crowded_demo_sized_and_one_piece_each(hard_sequence, default_sequence):
+    _, labels, tracks = hard_sequence
+    _, demo_labels, demo_tracks = default_sequence
+    hard_misfit, demo_misfit = median_misfit(labels[0]), median_misfit(demo_labels[0])
+    assert hard_misfit > 0.04 and hard_misfit > 4 * demo_misfit, (hard_misfit, demo_misfit)
+    assert (tracks[:, 1] == 0).sum() > (demo_tracks[:, 1] == 0).sum()
+    assert np.mean([len(touching_pairs(l)) for l in labels]) > 2 * np.mean([len(touching_pairs(l)) for l in demo_labels])
+    diameters = []
+    for frames in (labels, demo_labels):
+        counts = np.concatenate([np.bincount(l.ravel())[1:] for l in frames])
+        diameters.append(np.median((6 * counts[counts > 0] * SPACING.prod() / np.pi) ** (1 / 3)))
+    assert 0.8 < diameters[0] / diameters[1] < 1.2, diameters  # about the demo's nucleus size (2.1 vs 2.4 um here)
+    for label in labels:
+        for value, box in enumerate(ndimage.find_objects(label), start=1):
+            if box is not None:
+                assert ndimage.label(label[box] == value)[1] == 1
+                assert (label[box] == value).sum() > 100
+    flat = generate_sequence(replace(HARD, shape=(64, 64), frames=3), seed=1)[1]  # 2D+t too
+    for label in flat:
+        for value, box in enumerate(ndimage.find_objects(label), start=1):
+            if box is not None:
+                assert ndimage.label(label[box] == value)[1] == 1
+
+
+def test_irregular_labels_follow_the_drawn_surface():
+    """A lone irregular nucleus: its label holds exactly the voxels of positive intensity, contains every point
+    just inside its surface radius along any direction and none just outside, and that radius really varies
+    beyond the ellipsoid's (so the contact physics, `radius_along`, and the drawn shape are one surface)."""
+    cfg = replace(HARD, elongation=0.0)
+    rng = np.random.default_rng(4)
+    shape = (48, 96, 96)
+    centre = (np.array(shape) - 1) * SPACING / 2
+    n = synthetic._new_nucleus(rng, 1, centre, 3.0, cfg, 3)
+    labels, phantom = synthetic._render([n], shape, SPACING)
+    np.testing.assert_array_equal(labels > 0, phantom > 0)
+    radii = []
+    for _ in range(300):
+        u = synthetic._unit(rng, 3)
+        r = n.radius_along(u)
+        radii.append(r)
+        inner = tuple(np.rint((centre + 0.85 * r * u) / SPACING).astype(int))
+        outer = tuple(np.rint((centre + 1.15 * r * u) / SPACING).astype(int))
+        assert labels[inner] == 1 and labels[outer] == 0, (u, r)
+    assert max(radii) / min(radii) > 1.3  # a ball (elongation 0) of radius 3 um, bumped by up to +-40 %
+    assert 3.0 * 0.6 <= min(radii) and max(radii) <= 3.0 * 1.4 + 1e-9
+
+
+def test_hard_preset_is_harder_for_the_classical_baseline(hard_sequence, default_sequence):
+    """bench/baseline.py's Otsu + distance watershed, given the true nucleus size, on two frames of each
+    (here about 0.86 against 0.3; on whole sequences 0.85 against 0.25-0.43)."""
+    from bench.baseline import classical_instances
+    from metrics import seg_score
+
+    def seg(images, labels):
+        total = count = 0
+        for t in (0, 9):
+            sizes = np.bincount(labels[t].ravel())[1:]
+            sizes = sizes[sizes > 0]
+            radius = 0.5 * float(np.median((6 * sizes * SPACING.prod() / np.pi) ** (1 / 3)))
+            j, n = seg_score(classical_instances(images[t], tuple(SPACING), radius, int(0.1 * np.median(sizes))), labels[t])
+            total, count = total + j, count + n
+        return total / count
+
+    demo, hard = seg(*default_sequence[:2]), seg(*hard_sequence[:2])
+    assert demo > 0.7 and hard < demo - 0.25, (demo, hard)
