@@ -12,8 +12,10 @@ from pathlib import Path
 
 from dataset import Sequence
 from dataset.ctc import VOXEL_SIZE_SIM, CTCFormatError, ResultFolder, check_consecutive, list_mask_files, read_labels, tiff_shape
+from dataset.omezarr import OmeZarrImage, is_omezarr, omezarr_masks, open_sequence
 from dataset.validate import label_image_problem
 from errors import UserError
+from exports import ResultOutputs
 from figures import check_free
 from results import figures_dir_for, write_tracked_result
 from tracking import TrackParams, axis_spacing
@@ -24,38 +26,60 @@ def _given(**flags) -> dict:
 
 
 def predict_command(args) -> int:
-    """`main.py predict`: checkpoint + sequence → ROOT/<seq>_RES (or --out), scored when GT exists."""
+    """`main.py predict`: checkpoint + sequences → ROOT/<seq>_RES each (or --out for one), scored when GT exists.
+    Under torchrun the frames of all the sequences are shared among the processes; --resume reuses the frames a
+    killed run left in its cache (scaleout.py)."""
+    from distributed import Distributed
     from metrics import format_table
     from predict import Predictor, load_post_record, save_post_record
+    from scaleout import TIMEOUT, PredictJob, predict_sequences, sequence_ids
     from utils import check_accuracy
+    seq_ids = sequence_ids(args.data, args.seq, args.out, tune=args.tune)
     overrides = _given(overlap=args.overlap, tta=args.tta or None, window_batch=args.window_batch,
-                       voxel_size=tuple(args.voxel_size) if args.voxel_size else None)
+                       voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
+                       max_memory=getattr(args, "max_memory", None))
     if args.post:
         post, owner = load_post_record(args.post)
         overrides["post"] = post
-    predictor = Predictor.from_checkpoint(args.checkpoint, args.device, **overrides)
+    if is_omezarr(args.data) and not args.voxel_size:  # an OME-Zarr states its voxel size: it wins over the checkpoint's
+        overrides["voxel_size"] = OmeZarrImage(args.data).voxel_size
+    ddp = Distributed(args.device, timeout=TIMEOUT)  # torchrun: one process of several (WORLD_SIZE > 1)
+    predictor = Predictor.from_checkpoint(args.checkpoint, ddp.device, **overrides)
     if args.post and owner != predictor.checkpoint_id:
         warnings.warn(f"{args.post}: tuned for another checkpoint than {args.checkpoint}", stacklevel=1)
-    seq = Sequence(args.data, args.seq, predictor.voxel_size)
-    predictor.check_image(seq.shape, 1, str(seq.image_dir))
-    check_consecutive(seq.frames, str(seq.image_dir))
-    out = Path(args.out) if args.out else seq.root / f"{seq.seq}_RES"
-    inputs = [seq.image_dir, seq.gt_dir, Path(args.checkpoint), *([Path(args.post)] if args.post else [])]
-    ResultFolder.check(out, args.overwrite, inputs)
-    figures_dir = figures_dir_for(out) if args.figures else None
-    if figures_dir is not None:
-        check_free(figures_dir, args.overwrite, inputs)
+    jobs, extras = [], []
+    for seq_id in seq_ids:  # every input and output checked before any work
+        seq = open_sequence(args.data, seq_id, predictor.voxel_size, need_labels=args.tune, option=None)
+        predictor.check_image(seq.shape, 1, str(seq.image_dir))
+        check_consecutive(seq.frames, str(seq.image_dir))
+        out = Path(args.out) if args.out else seq.root / f"{seq.seq}_RES"
+        inputs = [seq.image_dir, seq.gt_dir, Path(args.checkpoint), *([Path(args.post)] if args.post else [])]
+        ResultFolder.check(out, args.overwrite, inputs)
+        figures_dir = figures_dir_for(out) if args.figures else None
+        if figures_dir is not None:
+            check_free(figures_dir, args.overwrite, inputs)
+        extras.append(ResultOutputs.from_args(args, out, inputs))  # --export, --out-format: checked now, written after
+        jobs.append(PredictJob(seq, out, inputs, figures_dir))
     if args.tune:
+        seq, out = jobs[0].seq, jobs[0].out
         if not seq.has_gt:
             raise UserError(f"--tune needs ground truth: {seq.gt_dir} not found")
-        post, seg = predictor.tune(seq, seq.seg_frames)
-        record = save_post_record(out.with_name(out.name + ".postprocessing.json"), post, seg, predictor.checkpoint_id,
-                                  {"data": str(seq.image_dir), "frames": seq.seg_frames})
-        print(f"wrote {record} (use it with --post {record})")
-    predictor.predict_sequence(seq, out, overwrite=args.overwrite, figures_dir=figures_dir, inputs=inputs)
-    print(f"wrote {out} ({len(seq.frames)} frames) with {predictor}")
-    if seq.has_gt and (seq.gt_dir / "TRA").is_dir():
-        print(format_table(check_accuracy(out, seq.gt_dir)))
+        if ddp.main:  # rank 0 tunes; the others take its thresholds
+            post, seg = predictor.tune(seq, seq.seg_frames)
+            record = save_post_record(out.with_name(out.name + ".postprocessing.json"), post, seg, predictor.checkpoint_id,
+                                      {"data": str(seq.image_dir), "frames": seq.seg_frames})
+            print(f"wrote {record} (use it with --post {record})")
+        predictor.post = ddp.broadcast(predictor.post)
+    predict_sequences(predictor, jobs, ddp, overwrite=args.overwrite, resume=getattr(args, "resume", False))
+    if not ddp.main:
+        return 0
+    for job, extra in zip(jobs, extras):
+        seq, out = job.seq, job.out
+        print(f"wrote {out} ({len(seq.frames)} frames) with {predictor}")
+        for path in extra.write(predictor.spacing(len(seq.shape))):
+            print(f"wrote {path}")
+        if seq.has_gt and (seq.gt_dir / "TRA").is_dir():
+            print(format_table(check_accuracy(out, seq.gt_dir)))
     return 0
 
 
@@ -67,26 +91,33 @@ def track_params(args) -> TrackParams:
 
 
 def track_command(args) -> int:
-    """`main.py track --masks DIR --out DIR [--voxel-size X Y [Z]] [gates] [--overwrite] [--figures]`."""
-    files = list_mask_files(args.masks)
+    """`main.py track --masks DIR|LABELS.ome.zarr --out DIR [--voxel-size X Y [Z]] [gates] [--overwrite] [--figures]
+    [--export ...] [--out-format ome-zarr]`."""
+    if is_omezarr(args.masks):  # a label image: frames 0..T-1, read chunk by chunk; the voxel size of its metadata
+        files, load, default_voxel_size, shape = omezarr_masks(args.masks)
+        first = next(iter(files.values()))
+    else:
+        files, default_voxel_size = list_mask_files(args.masks), VOXEL_SIZE_SIM
+        first = files[next(iter(files))]
+        shape = tiff_shape(first)
+        for path in files.values():
+            other = tiff_shape(path)
+            if other != shape:
+                raise CTCFormatError(f"{path}: shape {other} differs from {first.name} {shape} (all masks must have one shape)")
+        load = lambda t: read_labels(files[t], len(shape))  # noqa: E731
     frames = list(files)
-    first = files[frames[0]]
-    shape = tiff_shape(first)
-    for path in files.values():
-        other = tiff_shape(path)
-        if other != shape:
-            raise CTCFormatError(f"{path}: shape {other} differs from {first.name} {shape} (all masks must have one shape)")
     if len(shape) not in (2, 3):
         raise CTCFormatError(f"{first}: expected 2D or 3D masks, found shape {shape}")
     ndim = len(shape)
-    voxel_size = tuple(args.voxel_size) if args.voxel_size else VOXEL_SIZE_SIM
+    voxel_size = tuple(args.voxel_size) if args.voxel_size else default_voxel_size
     axis_spacing(voxel_size, ndim)  # fail before reading any frame
     params = track_params(args)
     out = Path(args.out)
     figures_dir = figures_dir_for(out) if args.figures else None
+    extra = ResultOutputs.from_args(args, out, [Path(args.masks)])  # --export, --out-format: checked now, written after
 
     def read(t: int):
-        mask = read_labels(files[t], ndim)
+        mask = load(t)
         problem = None if args.force else label_image_problem(mask)
         if problem:
             raise CTCFormatError(f"{files[t]}: {problem} (use --force if these really are labels)")
@@ -101,6 +132,8 @@ def track_command(args) -> int:
             children[parent] = children.get(parent, 0) + 1
     print(f"{out}: {len(frames)} frames, {len(tracks)} tracks, {sum(c >= 2 for c in children.values())} divisions, "
           f"{sum(c == 1 for c in children.values())} gaps closed" + (f"; figures in {figures_dir}" if figures_dir else ""))
+    for path in extra.write(voxel_size[:ndim]):
+        print(f"wrote {path}")
     return 0
 
 

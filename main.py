@@ -2,7 +2,7 @@
 
     python main.py --model vit_unet [--data ROOT] ...      train (same as `python main.py train ...`)
     python main.py synth --out DIR [--frames N] [--shape Z,Y,X] [--seed S]
-    python main.py predict --checkpoint CKPT --data ROOT --seq 02 [--out DIR]
+    python main.py predict --checkpoint CKPT --data ROOT --seq 02 [01 ...] [--out DIR] [--resume]
     python main.py track --masks DIR --out DIR [--voxel-size X Y Z]
     python main.py evaluate --res RES_DIR --gt GT_DIR [--json OUT]
     python main.py export --res RES_DIR --format geff|trackmate|napari
@@ -52,6 +52,21 @@ POSITIVE_INT, NON_NEGATIVE_INT = _number(int, 1), _number(int, 0)
 POSITIVE, FRACTION = _number(float, 0, low_open=True), _number(float, 0, high=1)
 OVERLAP = _number(float, 0, high=1, high_open=True)
 
+_SIZE_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def SIZE(text: str) -> int:
+    """An argparse type: a size in bytes such as 512M, 8G, 1.5G or 4096 (K/M/G/T are powers of 1024; KB,
+    KiB and the like read the same)."""
+    import re
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(?:I?B)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a size like 512M or 8G, got {text!r}")
+    value = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")
+    return value
+
 
 def _shape(text: str) -> tuple[int, ...]:
     try:
@@ -65,9 +80,14 @@ def _shape(text: str) -> tuple[int, ...]:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Flags common to the three training scripts; each overrides a value at the top of the script."""
-    p.add_argument("--data", help="CTC data set root (default: the synthetic set, generated once under data/)")
+    p.add_argument("--data", help="CTC data set root, or an OME-Zarr image with a label image (default: the synthetic "
+                                   "set, generated once under data/)")
     p.add_argument("--train-seq", help="training sequence id (default 01)")
     p.add_argument("--val-seq", help="validation sequence id (default 02)")
+    p.add_argument("--labels", metavar="NAME|PATH", help="OME-Zarr --data: its label image, a name in its labels/ "
+                                                         "group or a path (default: the first it lists)")
+    p.add_argument("--val-data", help="validate on this data set root or OME-Zarr image (default: --data; an OME-Zarr "
+                                      "--data validates on itself)")
     p.add_argument("--epochs", type=POSITIVE_INT)
     p.add_argument("--steps-per-epoch", type=POSITIVE_INT, help="optimiser steps per epoch")
     p.add_argument("--batch-size", type=POSITIVE_INT)
@@ -85,6 +105,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import exports
     parser = Parser(prog="main.py", description="3D nucleus segmentation and tracking (Cell Tracking Challenge format).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
@@ -94,9 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic SIM+-like CTC data set (sequences 01 and 02 with GT)")
     p.add_argument("--out", required=True, help="data set root to create")
-    p.add_argument("--preset", choices=("demo", "sim+"), default=None,
+    p.add_argument("--preset", choices=("demo", "sim+", "hard"), default=None,
                    help="demo: 32x128x128 frames, nuclei ~13x21x21 voxels (default); sim+: the real Fluo-N3DH-SIM+ scale, "
-                        "59x350x330 frames, nuclei ~32x50x50 voxels")
+                        "59x350x330 frames, nuclei ~32x50x50 voxels; hard: the demo dimmer, blurrier, hazy, "
+                        "irregular and crowded")
     p.add_argument("--frames", type=POSITIVE_INT, default=None, help="frames per sequence")
     p.add_argument("--shape", type=_shape, default=None, help="volume size Z,Y,X")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
@@ -104,9 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment and track a sequence with a trained checkpoint, write CTC results")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True, help="CTC data set root")
-    p.add_argument("--seq", default="02")
-    p.add_argument("--out", help="result folder (default ROOT/<seq>_RES)")
+    p.add_argument("--data", required=True, help="CTC data set root, or an OME-Zarr image (T, [C,] [Z,] Y, X): then "
+                                                 "--seq does not apply, the voxel size is its metadata's, the default --out is <stem>_RES beside it")
+    p.add_argument("--seq", nargs="+", metavar="SEQ", help="sequence id(s), e.g. 02 or 01 02: several share one pool "
+                                                        "of torchrun processes, each into ROOT/<seq>_RES (default 02)")
+    p.add_argument("--out", help="result folder (default ROOT/<seq>_RES; with one --seq only)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--overlap", type=OVERLAP, help="sliding-window overlap in [0, 1) (default: the training run's)")
@@ -118,9 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tune the watershed thresholds on this sequence's GT first (writes <OUT>.postprocessing.json)")
     p.add_argument("--post", metavar="JSON", help="use the thresholds of this post-processing record (from --tune)")
     p.add_argument("--figures", action="store_true", help="also write PNG projections and a lineage tree")
+    p.add_argument("--resume", action="store_true",
+                   help="after a crash or kill -9: reuse the frames already segmented into the hidden .<OUT>.cache/ "
+                        "beside the result (frames whose settings or files changed are segmented again)")
+    p.add_argument("--max-memory", type=SIZE, metavar="SIZE",
+                   help="memory one frame's prediction may take, e.g. 512M or 8G; larger frames are predicted in "
+                        "overlapping blocks that fit (default: half the memory available)")
+    exports.add_result_output_arguments(p)
 
     p = sub.add_parser("track", help="track existing per-frame instance masks into CTC results")
-    p.add_argument("--masks", required=True, help="folder of per-frame instance masks (*.tif, frame number in the name)")
+    p.add_argument("--masks", required=True, help="folder of per-frame instance masks (*.tif, frame number in the name), "
+                                                  "or an OME-Zarr label image (or an image with a labels/ group)")
     p.add_argument("--out", required=True)
     p.add_argument("--voxel-size", type=POSITIVE, nargs="+", default=None, metavar="S", help="x y [z] in micrometres")
     gates = TrackParams()
@@ -137,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="track masks even where they look like intensity images")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--figures", action="store_true")
+    exports.add_result_output_arguments(p)
 
     p = sub.add_parser("evaluate", help="score a CTC result: every challenge measure (technical, biological, tracking) and the AOGM parts")
     p.add_argument("--res", required=True, help="result folder (maskNNN.tif, res_track.txt), or a data-set root with NN_RES folders")
@@ -144,7 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", help="only these measures, comma-separated, e.g. SEG,TRA,LNK,BIO (default: all)")
     p.add_argument("--json", help="also write the scores to this JSON file")
 
-    import exports
     p = sub.add_parser("export", help="write a result's (or GT's) tracks as GEFF, TrackMate XML or a napari tracks CSV")
     exports.add_export_arguments(p)
     p = sub.add_parser("export-model", help="export a checkpoint as ONNX, TorchScript or a bioimage.io model package")

@@ -364,7 +364,9 @@ def cache_path(root, seq: str) -> Path:
 
 
 def fingerprint(root, seq="01", voxel_size=None, *, cache: bool = True, max_frames: int = MAX_FRAMES) -> Fingerprint:
-    """The Fingerprint of sequence `seq` (a name, or a dataset.Sequence) of the CTC data set `root`.
+    """The Fingerprint of sequence `seq` (a name, or a dataset.Sequence) of the CTC data set `root`; or of an
+    OME-Zarr sequence with labels (a `dataset.omezarr.OmeZarrSequence`: measured each time, never cached into
+    the store, its voxel size from the metadata).
 
     Reused from ROOT/.nuclei3d/fingerprint-SEQ.json while no input file (images, SEG, TRA) changed size or
     mtime and voxel_size is the same; else measured (a few seconds: at most `max_frames` frames are read)
@@ -372,8 +374,9 @@ def fingerprint(root, seq="01", voxel_size=None, *, cache: bool = True, max_fram
     measured without caching. voxel_size (x, y[, z]) um; None: TIFF metadata, else the SIM+ default.
     Raises CTCFormatError for a sequence without SEG ground truth, UserError for a bad voxel size.
     """
-    sequence = seq if isinstance(seq, Sequence) else Sequence(root, str(seq))
+    sequence = seq if hasattr(seq, "image") else Sequence(root, str(seq))
     root = sequence.root
+    cache = cache and isinstance(sequence, Sequence)  # an OME-Zarr's stamp would need every chunk: measure it again
     if not sequence.has_gt:
         raise CTCFormatError(f"{sequence.gt_dir}: no ground truth to measure the data from (a training sequence needs "
                              f"{sequence.seq}_GT/SEG and {sequence.seq}_GT/TRA)")
@@ -390,7 +393,10 @@ def fingerprint(root, seq="01", voxel_size=None, *, cache: bool = True, max_fram
             fp = None
     if fp is None:
         first = sequence.files[sequence.frames[0]]
-        size, source = resolve_voxel_size(first, sequence.ndim, given, what=str(first))
+        if isinstance(sequence, Sequence):
+            size, source = resolve_voxel_size(first, sequence.ndim, given, what=str(first))
+        else:  # OME-Zarr metadata always states the voxel size
+            size, source = (tuple(given), "given") if given else (check_voxel_size(sequence.voxel_size, sequence.ndim), "metadata")
         fp = _measure(sequence, size, source, max_frames)
         if cache:
             try:

@@ -19,6 +19,8 @@ never rewritten.
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
 import warnings
 from pathlib import Path
 
@@ -27,7 +29,9 @@ import torch
 from tqdm import tqdm
 
 import inference
+import tiled
 from dataset import VOXEL_SIZE_SIM, Sequence
+from dataset.frames import as_frame, lazy_frame, subsample_percentiles
 from dataset.fileio import write_json
 from dataset3D import normalize, resample_image, resample_probabilities
 from errors import CheckpointError, ConfigError, UserError
@@ -40,6 +44,14 @@ POST_RECORD = "nuclei-ctc-postprocessing/1"
 #: Peak host memory of predicting one frame, per voxel: the float32 frame and its normalised copy, five
 #: blended float32 accumulators and their weights, the probabilities as numpy, and the watershed's arrays.
 BYTES_PER_VOXEL = 100
+#: Without --max-memory, a frame is predicted in one piece while that takes at most this share of the
+#: memory available when prediction starts, else in blocks that fit this share (see tiled.py).
+DEFAULT_MEMORY_SHARE = 0.5
+#: Without a plan (no nucleus size), blocks keep this many prediction windows around their core for the
+#: watershed (see Predictor.block_margin; the window is about 3 nucleus diameters).
+BLOCK_MARGIN_WINDOWS = 0.5
+#: The percentiles of `dataset3D.normalize` (its defaults), used as they are by the block path.
+NORMALIZE_PERCENTILES = (1.0, 99.8)
 
 
 def available_memory() -> int | None:
@@ -113,11 +125,14 @@ class Predictor:
         plan: the data plan of the training run (`plan.Plan`): each frame is resampled to its working
             spacing, predicted there, and its probabilities brought back to the native grid before the
             watershed; its size limits are the default thresholds' and its gates the tracker's.
+        max_memory: bytes a frame's prediction may take (model and interpreter aside); a frame that needs
+            more in one piece is predicted in overlapping blocks that fit (`tiled`). None: DEFAULT_MEMORY_SHARE
+            of the memory available when a frame is checked (no limit where that is unknown).
     """
 
     def __init__(self, model: torch.nn.Module, window, overlap: float = 0.25, tta: bool = False, window_batch: int = 4,
                  device=None, amp: bool | None = None, post: PostParams | None = None, voxel_size=VOXEL_SIZE_SIM,
-                 track: TrackParams | None = None, plan: Plan | None = None):
+                 track: TrackParams | None = None, plan: Plan | None = None, max_memory: int | None = None):
         window = tuple(int(w) for w in window)
         if len(window) not in (2, 3) or min(window) < 1:
             raise ConfigError(f"window {window}: expected 2 or 3 positive sizes")
@@ -125,6 +140,8 @@ class Predictor:
             raise ConfigError(f"overlap {overlap}: must be in [0, 1)")
         if int(window_batch) < 1:
             raise ConfigError(f"window batch {window_batch}: must be at least 1")
+        if max_memory is not None and int(max_memory) < 1:
+            raise ConfigError(f"memory budget {max_memory}: must be a positive number of bytes")
         voxel_size = tuple(float(v) for v in voxel_size)
         if len(voxel_size) not in (2, 3) or not all(np.isfinite(voxel_size)) or min(voxel_size) <= 0:
             raise ConfigError(f"voxel size {voxel_size}: expected 2 or 3 finite positive values (x y [z]) in µm")
@@ -136,7 +153,9 @@ class Predictor:
         self.post = post or (PostParams(**plan.size_limits(native=True)) if plan else PostParams())
         self.voxel_size = voxel_size
         self.track = track or (TrackParams(**plan.tracking_gates()) if plan else TrackParams())
+        self.max_memory = None if max_memory is None else int(max_memory)
         self.checkpoint_id: str | None = None
+        self._announced: set = set()
 
     def __repr__(self) -> str:
         return (f"Predictor({getattr(self.model, 'name', type(self.model).__name__)}, window={self.window}, "
@@ -190,7 +209,8 @@ class Predictor:
 
     # ------------------------------------------------------------------ one frame
     def check_image(self, shape, channels: int, where: str) -> None:
-        """Refuse frames the model cannot take (dimensionality, channel count) before any work starts."""
+        """Refuse frames the model cannot take (dimensionality, channel count) or that do not fit the memory
+        budget even in blocks, before any work starts; say so once when frames will be predicted in blocks."""
         if len(shape) != len(self.window):
             raise UserError(f"{where}: model trained on {len(self.window)}D crops, the frames are {len(shape)}D")
         expected = inference.model_in_channels(self.model)
@@ -198,11 +218,61 @@ class Predictor:
             kind = "single-channel" if channels == 1 else f"{channels}-channel"
             raise UserError(f"{where}: the model expects {expected} input channels, but the frames are {kind} "
                             f"{len(shape)}D images")
-        need, free = int(np.prod(shape)) * BYTES_PER_VOXEL, available_memory()
-        if free is not None and need > free:
-            raise UserError(f"{where}: predicting one {'x'.join(map(str, shape))} frame needs about {need / 2**30:.1f} GiB "
-                            f"of memory, {free / 2**30:.1f} GiB are available; free memory, or crop or bin the frames "
-                            f"(a smaller --window-batch does not help: the blended maps are the whole frame's)")
+        layout = self.block_layout(shape, where)
+        if layout is not None and tuple(shape) not in self._announced:
+            self._announced.add(tuple(shape))
+            print(f"note: {where}: one {'x'.join(map(str, shape))} frame needs about "
+                  f"{tiled.format_bytes(self.memory_need(shape))} in one piece, more than the "
+                  f"{tiled.format_bytes(self.memory_budget())} memory budget: predicted in {layout.describe()}",
+                  file=sys.stderr, flush=True)
+
+    def memory_budget(self) -> int | None:
+        """Bytes one frame's prediction may take: `max_memory`, else DEFAULT_MEMORY_SHARE of the memory
+        available now (None where that is unknown: no limit)."""
+        if self.max_memory is not None:
+            return self.max_memory
+        free = available_memory()
+        return None if free is None else int(free * DEFAULT_MEMORY_SHARE)
+
+    def memory_need(self, shape) -> int:
+        """Estimated peak bytes of predicting one frame of `shape` in one piece: BYTES_PER_VOXEL for each voxel
+        of the larger of its native and working grids."""
+        return BYTES_PER_VOXEL * max(int(np.prod(shape)), int(np.prod(self.working_shape(shape))))
+
+    def block_margin(self, shape) -> tuple[int, ...]:
+        """Native voxels around each block's core whose probabilities a block computes as the whole frame does
+        (it takes whole every window of the frame that covers them, `tiled.Axis`), so that the watershed sees
+        an object cut by the core's border whole: one nucleus diameter (the plan's; without a plan,
+        BLOCK_MARGIN_WINDOWS prediction windows)."""
+        if self.plan is not None and self.plan.measured.get("diameter_um"):
+            native = tuple(reversed(self.spacing(len(shape))))
+            return tuple(int(math.ceil(float(self.plan.measured["diameter_um"]) / v)) for v in native)
+        per = [n / w for n, w in zip(shape, self.working_shape(shape))]  # native voxels per working voxel
+        return tuple(int(math.ceil(BLOCK_MARGIN_WINDOWS * w * p)) for w, p in zip(self.window, per))
+
+    def block_layout(self, shape, where: str = "image") -> tiled.Layout | None:
+        """None when a frame of `shape` is predicted in one piece within the memory budget, else the blocks
+        it is predicted in (`tiled.Layout`, on the frame's own working grid and windows); UserError naming
+        `where` when not even blocks fit."""
+        shape = tuple(int(s) for s in shape)
+        budget = self.memory_budget()
+        need = self.memory_need(shape)
+        if budget is None or need <= budget:
+            return None
+        axes = [tiled.Axis(n, m, w, max(int(w * (1 - self.overlap)), 1))
+                for n, m, w in zip(shape, self.working_shape(shape), self.window)]
+
+        def block_need(extent, working) -> int:
+            return BYTES_PER_VOXEL * max(int(np.prod(extent)), int(np.prod(working)))
+
+        try:
+            return tiled.plan_blocks(axes, self.block_margin(shape), block_need, budget)
+        except tiled.BudgetError as err:
+            source = "--max-memory" if self.max_memory is not None else \
+                f"{DEFAULT_MEMORY_SHARE:.0%} of the available memory; set it with --max-memory"
+            raise UserError(f"{where}: predicting one {'x'.join(map(str, shape))} frame needs about "
+                            f"{tiled.format_bytes(need)} of memory in one piece, and even {err}; the memory budget is "
+                            f"{tiled.format_bytes(budget)} ({source}). Free memory, or crop or bin the frames") from None
 
     def working_shape(self, shape) -> tuple[int, ...]:
         """The shape a frame of `shape` has at the plan's working spacing (the frame's own without a plan)."""
@@ -213,25 +283,65 @@ class Predictor:
     def probabilities(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(seg_prob [3, *S], marker_prob [1, *S]) float32 of one raw frame, the whole volume, on its own grid
         (predicted at the plan's working spacing and interpolated back when that differs)."""
+        return self._predict(normalize(image), self.working_shape(image.shape))
+
+    def _predict(self, volume: np.ndarray, working) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities of a normalised volume on its own grid, predicted on a grid of shape `working`."""
         self.model.eval()
-        volume = normalize(image)
-        working = self.working_shape(image.shape)
-        if working != image.shape:
+        shape, working = tuple(volume.shape), tuple(working)
+        if working != shape:
             volume = resample_image(volume, working)
-        seg, marker = inference.sliding_window(self.model, torch.from_numpy(volume)[None], self.window, overlap=self.overlap,
-                                               sw_batch_size=self.window_batch, device=self.device, amp=self.amp,
-                                               mirror=self.tta)
-        if working != image.shape:
-            return resample_probabilities(seg, image.shape), resample_probabilities(marker, image.shape)
+        seg, marker = self._sliding_window(volume)
+        if working != shape:
+            return resample_probabilities(seg, shape), resample_probabilities(marker, shape)
         return seg.numpy(), marker.numpy()
+
+    def _sliding_window(self, volume: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return inference.sliding_window(self.model, torch.from_numpy(volume)[None], self.window, overlap=self.overlap,
+                                        sw_batch_size=self.window_batch, device=self.device, amp=self.amp,
+                                        mirror=self.tta)
 
     def spacing(self, ndim: int) -> tuple[float, ...]:
         """The voxel size (x, y[, z]) for an ndim-D frame (a 3D size on 2D frames drops z)."""
         return self.voxel_size[:ndim]
 
-    def instances(self, image: np.ndarray, post: PostParams | None = None) -> np.ndarray:
-        """uint16 instance mask of one raw frame (the watershed of `probabilities`)."""
-        return inference.instances(*self.probabilities(image), post or self.post, voxel_size=self.spacing(image.ndim))
+    def instances(self, image, post: PostParams | None = None, scratch=None) -> np.ndarray:
+        """uint16 instance mask of one raw frame (the watershed of `probabilities`).
+
+        image: an array, or a frame read box by box (`dataset.frames.lazy_frame`). A frame that does not fit
+        the memory budget in one piece (`block_layout`) is segmented in overlapping blocks, stitched
+        (`tiled.segment_in_blocks`): each block normalised with the frame's percentiles taken from a strided
+        subsample (`dataset.frames.subsample_percentiles`), resampled to the working spacing, predicted, brought
+        back and cut by the watershed. scratch: the folder for the scratch file of frames whose stitching
+        arrays do not fit either (default: the system's temporary folder).
+        """
+        frame = as_frame(image)
+        layout = self.block_layout(frame.shape)
+        if layout is None:
+            image = frame.read()
+            return inference.instances(*self.probabilities(image), post or self.post, voxel_size=self.spacing(image.ndim))
+        return self._instances_in_blocks(frame, layout, post or self.post, scratch)
+
+    def _instances_in_blocks(self, frame, layout: tiled.Layout, post: PostParams, scratch) -> np.ndarray:
+        low, high = subsample_percentiles(frame, NORMALIZE_PERCENTILES)
+        spacing = self.spacing(len(frame.shape))
+        resamples = any(a.m != a.n for a in layout.axes)
+
+        def segment(raw: np.ndarray, block: tiled.Block) -> np.ndarray:
+            volume = np.asarray(raw, np.float32)  # as dataset3D.normalize, in place
+            volume = np.array(volume) if volume is raw else volume
+            volume -= low
+            volume /= max(high - low, 1e-6)
+            if resamples:
+                volume = layout.to_working(volume, block)  # on the frame's own working grid
+            seg, marker = self._sliding_window(volume)
+            del volume
+            if resamples:
+                seg = layout.to_native(seg, block)
+                marker = layout.to_native(marker, block)
+            return inference.instances(seg, marker, post, voxel_size=spacing)
+
+        return tiled.segment_in_blocks(frame, layout, segment, scratch)
 
     # ------------------------------------------------------------------ thresholds
     def tune(self, seq: Sequence, frames, grid: dict | None = None, progress: bool = True) -> tuple[PostParams, float]:
@@ -258,7 +368,7 @@ class Predictor:
 
         def segmented():
             for t in tqdm(seq.frames, desc=f"predicting {seq.image_dir.name}", unit="frame", disable=not progress):
-                yield t, self.instances(seq.image(t))
+                yield t, self.instances(lazy_frame(seq, t), scratch=Path(out).parent)  # blocks: read lazily
 
         write_tracked_result(segmented(), seq.frames, out, self.spacing(len(seq.shape)), self.track, overwrite,
                              figures_dir, image=seq.image, names={t: p.name for t, p in seq.files.items()},

@@ -8,7 +8,8 @@ tests), so that one policy holds everywhere:
 - the frames must be consecutive: a gap (t000, t001, t003) is refused before any work, naming the
   missing frames, because a CTC track cannot skip a frame that has no mask;
 - the masks wait in a scratch folder inside the hidden partial result between the two passes of the
-  tracker (link, then relabel), so memory holds one frame at a time whatever the sequence length; the
+  tracker (link, then relabel), so memory holds one frame at a time whatever the sequence length (masks
+  already on disk, as `main.py predict`'s frame cache holds them, are read from there instead); the
   result appears only when complete (`dataset.ResultFolder`), and the scratch goes with it on any exit.
 """
 from __future__ import annotations
@@ -29,13 +30,16 @@ from tracking import TrackParams, track_sequence
 def write_tracked_result(masks: Iterable[tuple[int, np.ndarray]], frames, out: str | Path, voxel_size,
                          params: TrackParams | None = None, overwrite: bool = False, figures_dir: str | Path | None = None,
                          image: Callable[[int], np.ndarray] | None = None, names: dict[int, str] | None = None,
-                         inputs=(), progress: bool = True, desc: str = "linking") -> np.ndarray:
+                         inputs=(), progress: bool = True, desc: str = "linking",
+                         load: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
     """Track the instance masks `masks` ((t, mask) pairs in the order of `frames`) into the CTC result `out`.
 
     voxel_size: (x, y[, z]) µm for the tracker's gates; figures_dir: also write a PNG projection per frame
     (over `image(t)` when given) and a lineage tree there; names: frame -> file, for messages; inputs: folders
     and files that neither output may be, hold or lie inside (with `overwrite`, only folders this project
     wrote are replaced).
+    load: frame t's mask read from where it already lies on disk (the prediction's frame cache, scaleout.py); then
+    `masks` is not used, and the tracker's two passes read the masks through `load` instead of a scratch copy.
     Returns the track rows (L, B, E, P). The result folder is checked against the CTC rules before it appears.
     """
     out = Path(out)
@@ -45,11 +49,13 @@ def write_tracked_result(masks: Iterable[tuple[int, np.ndarray]], frames, out: s
         scratch = result.tmp / ".masks"
         scratch.mkdir()
         try:
-            for i, (t, mask) in enumerate(tqdm(masks, total=len(frames), desc=desc, unit="frame", disable=not progress)):
-                if i >= len(frames) or t != frames[i]:
-                    raise CTCFormatError(f"{out}: got frame {t} where frame {frames[i] if i < len(frames) else None} was due")
-                np.save(scratch / f"{t}.npy", mask)
-            relabelled, tracks = track_sequence(lambda t: np.load(scratch / f"{t}.npy"), frames, voxel_size, params)
+            if load is None:
+                for i, (t, mask) in enumerate(tqdm(masks, total=len(frames), desc=desc, unit="frame", disable=not progress)):
+                    if i >= len(frames) or t != frames[i]:
+                        raise CTCFormatError(f"{out}: got frame {t} where frame {frames[i] if i < len(frames) else None} was due")
+                    np.save(scratch / f"{t}.npy", mask)
+                load = lambda t: np.load(scratch / f"{t}.npy")  # noqa: E731
+            relabelled, tracks = track_sequence(load, frames, voxel_size, params)
             present = {}
             for t, mask in tqdm(relabelled, total=len(frames), desc="writing", unit="frame", disable=not progress, leave=False):
                 present[t] = labels_present(mask)

@@ -35,13 +35,14 @@ import figures
 from dataset import Sequence
 from dataset.fileio import MARK, atomic_path, check_output, mark, write_json
 from dataset3D import AugmentConfig, CropDataset, load_volumes
+from distributed import Distributed
 from errors import OutputError, UserError
 from losses import PARTS, LossWeights, combined_loss
 from metrics import seg_score
 from models import build_model
 from plan import fingerprint, make_plan
 from predict import Predictor, post_record_path, save_post_record
-from utils import load_checkpoint, rng_state, save_checkpoint, seed_everything, select_device, set_rng_state
+from utils import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 
 
 @dataclass
@@ -74,9 +75,11 @@ class TrainConfig:
     device: str = "auto"                     # auto, cpu or cuda
     amp: bool = True                         # bf16 autocast on CUDA (ignored on CPU)
     seed: int = 0                            # seeds the model, the crops and the augmentation
-    data: str | None = None                  # CTC data set root; None: the synthetic set under data/synth
+    data: str | None = None                  # CTC data set root or OME-Zarr image; None: the synthetic set under data/synth
     train_seq: str = "01"                    # training sequence
     val_seq: str = "02"                      # validation sequence
+    labels: str | None = None                # OME-Zarr data: its label image (NAME in labels/ or PATH); None: the first
+    val_data: str | None = None              # validation data set root or OME-Zarr image; None: `data`
     voxel_size: tuple | None = None          # (x, y[, z]) µm; None: the TIFFs' metadata, else SIM+'s (with a warning)
     out: str | None = None                   # run folder; None: runs/<model>-<time>
     max_bad_steps: int = 5                   # this many non-finite losses in a row stop the run
@@ -84,7 +87,7 @@ class TrainConfig:
 
 
 #: TrainConfig fields that main.py's training flags set (flag --batch-size is field batch_size, ...).
-FLAGS = ("data", "train_seq", "val_seq", "epochs", "steps_per_epoch", "batch_size", "lr", "crop_size", "device", "out",
+FLAGS = ("data", "train_seq", "val_seq", "labels", "val_data", "epochs", "steps_per_epoch", "batch_size", "lr", "crop_size", "device", "out",
          "seed", "voxel_size")
 
 
@@ -107,34 +110,6 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 # --------------------------------------------------------------------------- set-up
-class Distributed:
-    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), or a single process."""
-
-    def __init__(self, device_name: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = select_device(device_name)
-        if self.world > 1:
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.local_rank)
-                self.device = torch.device("cuda", self.local_rank)
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-
-
 def default_data(ddp: Distributed) -> Path:
     from dataset.synthetic import DEFAULT_ROOT, ensure_default_dataset
     if ddp.main:
@@ -221,11 +196,9 @@ class Trainer:
         seed_everything(cfg.seed + ddp.rank)
 
         root = Path(cfg.data) if cfg.data else default_data(ddp)
-        fp = fingerprint(root, cfg.train_seq, voxel_size=cfg.voxel_size)
-        self.train_seq = Sequence(root, cfg.train_seq, fp.voxel_size)
+        fp, self.train_seq, self.val_seq = self.open_data(root)
         if not self.train_seq.has_gt:
             raise UserError(f"{self.train_seq.gt_dir}: training sequence {cfg.train_seq} has no ground truth")
-        self.val_seq = Sequence(root, cfg.val_seq, fp.voxel_size)
         if self.val_seq.ndim != self.train_seq.ndim:
             raise UserError(f"{self.val_seq.image_dir} holds {self.val_seq.ndim}D images, {self.train_seq.image_dir} "
                             f"{self.train_seq.ndim}D")
@@ -256,6 +229,34 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, warmup, total))
         self.net = DistributedDataParallel(self.model) if ddp.world > 1 else self.model
         return state
+
+    def open_data(self, root: Path) -> tuple:
+        """(fingerprint, training sequence, validation sequence) of a CTC data set root (`--train-seq`,
+        `--val-seq`, of `--val-data` where given), or of an OME-Zarr image with a label image (`--labels`; one
+        movie, validated on itself unless `--val-data` names another)."""
+        from dataset.omezarr import is_omezarr, open_sequence
+        cfg = self.cfg
+        val_root = Path(cfg.val_data) if cfg.val_data else root
+        if not is_omezarr(root):
+            if cfg.labels and not is_omezarr(val_root):
+                raise UserError(f"--labels {cfg.labels}: names the label image of an OME-Zarr --data; {root} is a CTC "
+                                f"folder (its SEG ground truth is {root}/{cfg.train_seq}_GT/SEG)")
+            fp = fingerprint(root, cfg.train_seq, voxel_size=cfg.voxel_size)
+            train = Sequence(root, cfg.train_seq, fp.voxel_size)
+        else:
+            misplaced = ["train_seq"] + ([] if cfg.val_data and not is_omezarr(val_root) else ["val_seq"])
+            for flag in (f for f in misplaced if f in self.flags):
+                raise UserError(f"--{flag.replace('_', '-')}: an OME-Zarr image ({root}) is one sequence; "
+                                f"validate on another with --val-data")
+            train = open_sequence(root, voxel_size=cfg.voxel_size, labels=cfg.labels, need_labels=True)
+            fp = fingerprint(root, train, voxel_size=cfg.voxel_size)
+            if val_root == root:
+                if self.ddp.main:
+                    print(f"note: validating on the training image {root} (give --val-data for a held-out movie)")
+                return fp, train, train
+        labels = cfg.labels if cfg.labels and is_omezarr(val_root) and not Path(cfg.labels).is_dir() else None
+        val = open_sequence(val_root, cfg.val_seq, fp.voxel_size, labels=labels, need_labels=is_omezarr(val_root))
+        return fp, train, val
 
     def make_plan(self, fp) -> tuple:
         """The data plan of the training set for this model, and the configuration with the plan's values
@@ -440,7 +441,10 @@ class Trainer:
         predictor.predict_sequence(val_seq, res_dir, overwrite=True)
         scores = {"checkpoint": str(best_path), "post": asdict(post)}
         if val_seq.has_gt:
-            scores.update(check_accuracy(res_dir, val_seq.gt_dir))
+            if isinstance(val_seq, Sequence):
+                scores.update(check_accuracy(res_dir, val_seq.gt_dir))
+            else:  # an OME-Zarr label image: SEG only (it holds no lineage to score tracking against)
+                scores["SEG"] = result_seg(res_dir, val_seq)
             print(f"\n{cfg.model} on {val_seq.image_dir} ({res_dir}):\n{format_table(scores)}")
         write_json(out / "scores.json", scores)
         return scores
@@ -456,6 +460,17 @@ def is_run_folder(folder: Path) -> bool:
     names = {p.name for p in Path(folder).iterdir()} - {MARK}
     return ("config.json" in names and bool(names & {"last.pt", "best.pt"})
             and all(n in RUN_FILES or n.endswith("_RES") or n.startswith(".") for n in names))
+
+
+def result_seg(res_dir: Path, seq) -> float:
+    """SEG of the result folder `res_dir` against the SEG ground truth of `seq`, pooled over its labelled frames."""
+    from dataset import read_labels
+    from dataset.ctc import frame_name
+    total, count = 0.0, 0
+    for t in seq.seg_frames:
+        jaccard, n = seg_score(read_labels(res_dir / frame_name("mask", t, seq.frames[-1] + 1), seq.ndim), seq.seg(t))
+        total, count = total + jaccard, count + n
+    return total / count if count else 0.0
 
 
 def evenly_spaced(items, n: int):

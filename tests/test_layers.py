@@ -17,6 +17,7 @@ FORBIDDEN = {
     "tracking": PROJECT - {"dataset", "errors", "tracking"},
     "metrics": PROJECT - {"dataset", "errors", "metrics"},
     "inference": {"training", "predict", "cli", "main", "results", "figures", "tracking", "utils"},
+    "tiled": PROJECT - {"dataset", "errors", "tiled"},
     "results": {"training", "predict", "cli", "main", "inference", "models", "metrics"},
     "predict": {"training", "cli", "main", "metrics"},
     "figures": PROJECT - {"dataset", "errors", "figures"},

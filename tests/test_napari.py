@@ -155,3 +155,32 @@ def test_screenshot_with_tracks_is_not_blank(make_napari_viewer, data, tmp_path)
     viewer.layers["01_GT tracks"].visible = True
     viewer.dims.ndisplay = 3
     assert viewer.screenshot(canvas_only=True, flash=False)[..., :3].std() > 5
+
+
+def test_open_an_omezarr_image_with_labels(make_napari_viewer, data, tmp_path):
+    """An OME-Zarr (written with plain zarr) opens as Image and Labels layers at the NGFF voxel size."""
+    import tifffile
+    zarr = pytest.importorskip("zarr")
+    images = np.stack([tifffile.imread(p) for p in sorted((data / "02").glob("t*.tif"))])[:, None]
+    labels = np.stack([tifffile.imread(p) for p in sorted((data / "02_GT" / "SEG").glob("man_seg*.tif"))])
+    space = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    root = zarr.open_group(str(tmp_path / "m.ome.zarr"), mode="w", zarr_format=2)
+    root.create_array("0", shape=images.shape, chunks=(1, 1, 8, 32, 32), dtype=images.dtype)[...] = images
+    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}, *space]
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 0.2, 0.125, 0.125]}]}]}]
+    group = root.create_group("labels")
+    group.attrs["labels"] = ["nuclei"]
+    label = group.create_group("nuclei")
+    label.create_array("0", shape=labels.shape, chunks=(1, 8, 32, 32), dtype=labels.dtype)[...] = labels
+    label.attrs["multiscales"] = [{"version": "0.4", "axes": [axes[0], *space], "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 0.2, 0.125, 0.125]}]}]}]
+    label.attrs["image-label"] = {"version": "0.4"}
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "m.ome.zarr"), plugin=PLUGIN)
+    assert kinds(viewer) == {"m": "Image", "nuclei": "Labels"}
+    for layer in viewer.layers:
+        assert tuple(layer.scale) == pytest.approx(SIM_SCALE)
+    viewer.dims.set_point(0, 2)
+    assert np.array_equal(np.asarray(viewer.layers["nuclei"].data[2]), labels[2])
+    assert np.array_equal(np.asarray(viewer.layers["m"].data[1]), images[1, 0])

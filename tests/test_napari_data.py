@@ -133,3 +133,72 @@ def test_score_and_table(data, tmp_path):
     assert rows["TRA"] == "1.0000"
     with pytest.raises(UserError, match="not found"):
         score(tmp_path / "missing", data / "01_GT")
+
+
+# ----------------------------------------------------------------------------- OME-Zarr
+def write_ngff_movie(path, images, labels, voxel_size=(0.5, 0.25, 2.0)):
+    """An NGFF 0.4 image (t, c, z, y, x) with labels/nuclei (t, z, y, x), written with plain zarr."""
+    zarr = pytest.importorskip("zarr")
+    space = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}, *space]
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", shape=images.shape, chunks=(1, 1, *images.shape[2:]), dtype=images.dtype)[...] = images
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": [
+        {"type": "scale", "scale": [1.0, 1.0, *voxel_size[::-1]]}]}]}]
+    group = root.create_group("labels")
+    group.attrs["labels"] = ["nuclei"]
+    label = group.create_group("nuclei")
+    label.create_array("0", shape=labels.shape, chunks=(1, *labels.shape[1:]), dtype=labels.dtype)[...] = labels
+    label.attrs["multiscales"] = [{"version": "0.4", "axes": [axes[0], *space], "datasets": [{"path": "0",
+                                   "coordinateTransformations": [{"type": "scale", "scale": [1.0, *voxel_size[::-1]]}]}]}]
+    label.attrs["image-label"] = {"version": "0.4"}
+    return path
+
+
+@pytest.fixture(scope="module")
+def movie(data, tmp_path_factory):
+    import tifffile
+    images = np.stack([np.stack([tifffile.imread(p)] * 2) for p in sorted((data / "01").glob("t*.tif"))])
+    images[:, 1] //= 2  # a second channel
+    labels = np.stack([tifffile.imread(p) for p in sorted((data / "01_GT" / "SEG").glob("man_seg*.tif"))])
+    return write_ngff_movie(tmp_path_factory.mktemp("z") / "movie.ome.zarr", images, labels), images, labels
+
+
+def test_omezarr_image_and_labels_as_layers(movie):
+    from napari_nuclei3d._reader import read_omezarr
+    path, images, labels = movie
+    assert get_reader(str(path)) is read_omezarr and get_reader(str(path / "labels" / "nuclei")) is read_omezarr
+    assert get_reader(str(path / "0")) is None  # an array, not an image: napari's own business
+    layers = as_dict(read_omezarr(str(path)))
+    assert set(layers) == {"movie [0]", "movie [1]", "nuclei"}
+    scale = (1.0, 2.0, 0.25, 0.5)  # (t, z, y, x) µm from the NGFF scale
+    for c in range(2):
+        data, meta, kind = layers[f"movie [{c}]"]
+        assert kind == "image" and meta["scale"] == scale and data.shape == (4, 8, 32, 32)
+        assert np.array_equal(np.asarray(data[3]), images[3, c])
+    data, meta, kind = layers["nuclei"]
+    assert kind == "labels" and meta["scale"] == scale and np.array_equal(np.asarray(data), labels)
+    (alone, meta, kind), = read_omezarr(str(path / "labels" / "nuclei"))
+    assert kind == "labels" and meta["name"] == "nuclei" and np.array_equal(np.asarray(alone), labels)
+
+
+def test_our_omezarr_result_opens_with_its_lineage_as_tracks(data, tmp_path):
+    pytest.importorskip("zarr")
+    from exports.omezarr import write_label_image
+    from napari_nuclei3d._reader import read_omezarr
+    layers_gt = as_dict(layers_of(data / "01_GT"))
+    out = tmp_path / "01_RES"
+    write_labels(str(out), np.asarray(layers_gt["01_GT masks"][0]), layers_gt["01_GT masks"][1])
+    store = write_label_image(out, voxel_size=SIM)
+    layers = as_dict(read_omezarr(str(store)))
+    assert set(layers) == {"01_RES", "01_RES tracks"}
+    masks, meta, kind = layers["01_RES"]
+    assert kind == "labels" and meta["scale"] == (1.0, 0.2, 0.125, 0.125)
+    for t in range(4):
+        assert np.array_equal(np.asarray(masks[t]), tifffile_read(out / f"mask{t:03d}.tif"))
+    check_tracks_against(layers["01_RES tracks"], out / "res_track.txt")
+
+
+def tifffile_read(path):
+    import tifffile
+    return tifffile.imread(path)

@@ -202,7 +202,7 @@ def test_a_frame_too_large_for_the_memory_is_refused_before_work(data, tmp_path,
     monkeypatch.setattr(predict, "available_memory", lambda: 10_000)
     code, err = run(capsys, "predict", "--checkpoint", checkpoint(tmp_path / "m.pt"), "--data", data, "--out", tmp_path / "r",
                     "--device", "cpu")
-    assert code == 2 and "needs about" in one_line(err) and "GiB" in err
+    assert code == 2 and "needs about" in one_line(err) and "even blocks of" in err and "--max-memory" in err
     assert not (tmp_path / "r").exists()
 
 
