@@ -326,6 +326,7 @@ def predict_sequences(predictor, jobs: list[PredictJob], ddp: Distributed | None
     ddp = ddp or Distributed(predictor.device, timeout=TIMEOUT)
     settings = mask_settings(predictor)
     caches = [FrameCache(job.out) for job in jobs]
+    bar = None
     try:
         work = _prepare(jobs, caches, settings, resume, ddp.world) if ddp.main else None
         work = ddp.broadcast(work)
@@ -373,8 +374,15 @@ def predict_sequences(predictor, jobs: list[PredictJob], ddp: Distributed | None
             if cache.locked:
                 cache.remove()
         raise
-    except BaseException:
-        kept = [str(c.folder) for c in caches if c.locked and any(c.folder.glob("t*.npy"))]
+    except BaseException:  # kill -9 never gets here; an error on a frame or Ctrl-C keeps what was segmented
+        if bar is not None:
+            bar.close()
+        kept = []
+        for cache in caches:
+            if cache.locked and any(cache.folder.glob("t*.npy")):
+                kept.append(str(cache.folder))
+            elif cache.locked:
+                cache.remove()  # nothing to resume from
         if kept:
             print(f"note: the frames segmented so far are kept in {', '.join(kept)}; run the same command with "
                   f"--resume to continue", file=sys.stderr, flush=True)

@@ -1,12 +1,16 @@
 """Frames larger than memory: segmented in overlapping blocks whose labels are stitched into one mask.
 
-    layout = plan_blocks(shape, margin, need, budget)       # None-free: raises BudgetError when nothing fits
+    layout = plan_blocks(axes, margin, need, budget)        # raises BudgetError when not even small blocks fit
     labels = segment_in_blocks(frame, layout, segment)      # segment(raw, block) -> labels of block.extent
 
 The frame is cut into a grid of blocks. Each block has a *core* (the cores tile the frame, no overlap) and
-an *extent*: the core grown by a margin on every side (clipped to the frame), which is what is read and
-segmented, so an object near the core's border is seen whole, with the network's context around it. The
-margin is chosen by the caller (the Predictor: half a prediction window, and at least one nucleus diameter).
+an *extent*, what is read and segmented: the core with a margin around it (the caller's: the Predictor
+keeps a nucleus diameter, so that an object cut by the core's border is seen whole), grown to the frame's
+own prediction windows. On each axis (`Axis`) a block covers a range of the frame's working voxels that
+holds, whole, every window of the frame that covers a voxel of its core or margin, and it is resampled on
+the frame's grid (`Layout.to_working`, `Layout.to_native`): its windows, their inputs and their outputs are
+the frame's, so its probabilities there are those of the whole frame, up to float rounding (checked in
+tests/test_tiled.py). The smallest block is thus about a window wider than core and margin on each axis.
 
 Stitching, in raster order of the blocks: a block's labels get fresh global ids; where its extent covers the
 cores of blocks already done (the shared margin), each of its objects is compared with the objects already
@@ -17,8 +21,9 @@ object the block saw; one cut by a border is joined from its two halves.
 
 Memory: the frame-sized arrays of the stitching (uint32 ids and the uint16 result, STITCH_BYTES per voxel)
 stay in memory when they take at most STITCH_SHARE of the budget, else they live in an unlinked scratch file
-(`DiskArray`: the OS removes it when it is closed, even after a crash) mapped only a box at a time. The
-blocks are as large as the budget allows after that: peak memory follows the budget, not the frame.
+(`DiskArray`: the OS removes it when it is closed, even after a crash) mapped only a box at a time. Of the
+layouts whose largest block fits what is left, the one that segments the fewest voxels (margins included)
+is taken: peak memory follows the budget, not the frame.
 """
 from __future__ import annotations
 
@@ -126,29 +131,33 @@ class Axis:
 
 def _resize_axis(x: torch.Tensor, dim: int, size: int, out: int, o0: int, o1: int, start: int) -> torch.Tensor:
     """Output voxels [o0, o1) of axis `dim` resized from `size` to `out` voxels, from an input holding voxels
-    start.. of it: adaptive-pooling bins where it shrinks, linear (align_corners=False) where it grows."""
+    start.. of it: adaptive-pooling bins where it shrinks, linear (align_corners=False) where it grows. Input
+    voxels missing at a block's edge are left out of a bin, or clamped (as the frame's edge is)."""
     have = x.shape[dim]
-    i = torch.arange(o0, o1, dtype=torch.float64)
-    if out < size:
-        lo = torch.floor(i * size / out).long() - start
-        hi = torch.ceil((i + 1) * size / out).long() - start
-        lo, hi = lo.clamp(0, have), hi.clamp(0, have)
-        shape = [1] * x.dim()
-        shape[dim] = -1
-        zero = torch.zeros_like(x.narrow(dim, 0, 1), dtype=torch.float64)
-        total = torch.cat([zero, torch.cumsum(x, dim, dtype=torch.float64)], dim)
-        sums = total.index_select(dim, hi) - total.index_select(dim, lo)
-        return (sums / (hi - lo).clamp(min=1).view(shape)).to(x.dtype)
-    src = ((i + 0.5) * size / out - 0.5).clamp(min=0)
-    i0 = torch.floor(src).long()
-    weight = (src - i0).to(x.dtype)
-    i1 = torch.minimum(i0 + 1, torch.tensor(size - 1))
-    i0, i1 = (i0 - start).clamp(0, have - 1), (i1 - start).clamp(0, have - 1)
     shape = [1] * x.dim()
     shape[dim] = -1
-    weight = weight.view(shape)
-    out = x.index_select(dim, i0).mul_(1 - weight)
-    return out.addcmul_(x.index_select(dim, i1), weight)
+    i = torch.arange(o0, o1, dtype=torch.int64)
+    if out < size:  # the mean of each bin, as the sum of its first, second, ... voxels (a few gathers)
+        lo = ((i * size) // out - start).clamp(0, have)
+        hi = (-((-(i + 1) * size) // out) - start).clamp(0, have)
+        total = None
+        for t in range(int((hi - lo).max())):
+            inside = (lo + t < hi).to(x.dtype).view(shape)
+            term = _take(x, dim, (lo + t).clamp(max=have - 1)).mul_(inside)
+            total = term if total is None else total.add_(term)
+        return total.div_((hi - lo).clamp(min=1).to(x.dtype).view(shape))
+    src = ((i.double() + 0.5) * size / out - 0.5).clamp(min=0)
+    i0 = torch.floor(src).long()
+    weight = (src - i0).to(x.dtype).view(shape)
+    i1 = torch.minimum(i0 + 1, torch.tensor(size - 1))
+    i0, i1 = (i0 - start).clamp(0, have - 1), (i1 - start).clamp(0, have - 1)
+    result = _take(x, dim, i0).mul_(1 - weight)
+    return result.addcmul_(_take(x, dim, i1), weight)
+
+
+def _take(x: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """x.index_select(dim, index) (as advanced indexing, several times faster on the first axes)."""
+    return x[(slice(None),) * dim + (index,)]
 
 
 @dataclass(frozen=True)
@@ -218,7 +227,8 @@ class Layout:
         out = np.empty((maps.shape[0], *block.extent_shape), np.float32)
         for channel in range(maps.shape[0]):  # one map at a time: the temporaries are one map's
             x = maps[channel]
-            for dim, (axis, w, e) in enumerate(zip(self.axes, block.working, block.extent)):
+            for dim in reversed(range(len(self.axes))):  # the last axis first, while the map is smallest
+                axis, w, e = self.axes[dim], block.working[dim], block.extent[dim]
                 x = axis.to_native(x, dim, e.start, e.stop, w.start)
             out[channel] = x.numpy()
             del x

@@ -1,6 +1,7 @@
 """Prediction at scale.
 
-    python bench/predict_scale.py --memory [--budget 256M] [--sizes 59x350x330,59x700,660,...]
+    python bench/predict_scale.py --memory [--budget 2G] [--sizes 59x350x330,59x700x660,...]
+    python bench/predict_scale.py --fps [--procs 1 2] [--checkpoint best.pt --data ROOT --seq 02]
 
 --memory (`memory_table`): peak memory (VmHWM of a child process per run) against frame size, for the
 in-memory path (a frame predicted in one piece) and the tiled path (`--max-memory`: overlapping blocks,
@@ -13,12 +14,20 @@ frame. The plan is SIM+'s: working grid half the native one on every axis, windo
 batch): what neither path can go below. A frame whose in-memory estimate (predict.BYTES_PER_VOXEL per
 voxel) exceeds half of the available memory is run on the tiled path only.
 
-(The frames-per-second table on 1 vs 2 processes goes here too: its own function and flag.)
+--fps (`fps_table`): frames per second of `main.py predict` on 1 and on N processes (torchrun, scaleout.py).
+Each configuration runs the real command on the same sequence into its own result folder, the machine's
+cores shared out (1 process x C threads, N processes x C/N threads, as torchrun's OMP_NUM_THREADS); the time
+is the segmentation phase the command reports ("segmented F frames in S s"), so interpreter start, model
+loading and the final linking (rank 0 alone) are left out; the whole command's wall time is shown beside it.
+Every result must be byte-identical to the one-process result. Default: the default-size `unet` (1.4 M
+parameters, untrained and seeded: the network's cost is what is measured) on a synthetic demo-size sequence.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -105,7 +114,7 @@ def _run_child(path: Path, budget: int, scratch: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def memory_table(sizes=SIZES, budget: int = 256 * 2**20, workdir: str | None = None) -> list[dict]:
+def memory_table(sizes=SIZES, budget: int = 2 * 2**30, workdir: str | None = None) -> list[dict]:
     """Peak RSS of predicting one frame of each size in one piece and in blocks under `budget`; prints a table."""
     from dataset.ctc import write_tiff
     from dataset.synthetic import PRESETS, generate_sequence
@@ -150,6 +159,73 @@ def _line(row: dict) -> str:
             f"({row['tiled_objects']} objects; {row['layout']})")
 
 
+# ----------------------------------------------------------------------------- frames per second, 1 vs N processes
+SEGMENTED = re.compile(r"segmented (\d+) frames in ([\d.]+) s on (\d+) process")
+
+
+def default_checkpoint(path: Path, window=WINDOW) -> Path:
+    """The default `unet`, untrained (seeded), with `window` as its crop: the network's cost is what is measured."""
+    import torch
+
+    from models import build_model
+    from utils import save_checkpoint
+    torch.manual_seed(0)
+    model = build_model("unet")
+    save_checkpoint(path, {"model_name": "unet", "model_config": model.config, "model": model.state_dict(),
+                           "crop_size": list(window), "voxel_size": [0.125, 0.125, 0.2], "post": {}})
+    return path
+
+
+def _predict(procs: int, threads: int, checkpoint, data, seq: str, out: Path, device: str) -> dict:
+    """One `main.py predict` on `procs` processes of `threads` threads each, and its timings."""
+    command = [sys.executable, str(ROOT / "main.py"), "predict", "--checkpoint", str(checkpoint), "--data", str(data),
+               "--seq", seq, "--out", str(out), "--overwrite", "--device", device]
+    if procs > 1:
+        command[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", str(ROOT / "main.py")]
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
+    match = SEGMENTED.search(proc.stdout)
+    frames, seconds = int(match.group(1)), float(match.group(2))
+    return {"procs": procs, "threads": threads, "frames": frames, "seconds": seconds, "fps": frames / seconds,
+            "wall": wall}
+
+
+def _result_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith(".ctc_matching")}
+
+
+def fps_table(procs=(1, 2), checkpoint=None, data=None, seq: str = "02", frames: int = 8, shape=(32, 128, 128),
+              cores: int | None = None, repeats: int = 1, device: str = "cpu") -> list[dict]:
+    """Frames per second of `main.py predict` on each process count of `procs` (the first is the base), the
+    ratio, and whether each result is byte-identical to the first; prints a table."""
+    from dataset.synthetic import SynthConfig, write_dataset
+    cores = cores or os.cpu_count() or 1
+    rows, reference = [], None
+    with tempfile.TemporaryDirectory(prefix="predict_scale-") as tmp:
+        tmp = Path(tmp)
+        checkpoint = Path(checkpoint) if checkpoint else default_checkpoint(tmp / "unet.pt")
+        data = Path(data) if data else write_dataset(tmp / "set", SynthConfig(shape=tuple(shape), frames=frames), seed=0)
+        for n in procs:
+            out = tmp / f"res-{n}"
+            runs = [_predict(n, max(1, cores // n), checkpoint, data, seq, out, device) for _ in range(repeats)]
+            best = min(runs, key=lambda r: r["seconds"])
+            got = _result_bytes(out)
+            reference = reference or got
+            rows.append({**best, "identical": got == reference})
+    base = rows[0]["fps"]
+    print(f"{rows[0]['frames']} frames of {data.name}/{seq}, {checkpoint.name}, {device}, {cores} cores; best of {repeats}\n")
+    print("| processes | threads each | segmenting (s) | frames/s | vs 1 process | command wall (s) | result identical |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['procs']} | {r['threads']} | {r['seconds']:.1f} | {r['fps']:.2f} | {r['fps'] / base:.2f}x | "
+              f"{r['wall']:.1f} | {'yes' if r['identical'] else 'NO'} |")
+    return rows
+
+
 def _size(text: str) -> int:
     import main
     return main.SIZE(text)
@@ -158,16 +234,32 @@ def _size(text: str) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memory", action="store_true", help="peak memory against frame size, in one piece and in blocks")
-    parser.add_argument("--budget", type=_size, default=256 * 2**20, help="--max-memory of the tiled runs (default 256M)")
+    parser.add_argument("--budget", type=_size, default=2 * 2**30,
+                        help="--max-memory of the tiled runs (default 2G; SIM+'s windows need about 1.4G a block)")
     parser.add_argument("--sizes", default=",".join("x".join(map(str, s)) for s in SIZES),
                         help="frame shapes ZxYxX, comma-separated")
     parser.add_argument("--workdir", help="where the frames are written (default: the system's temporary folder)")
+    parser.add_argument("--fps", action="store_true", help="frames per second on 1 and on N processes (torchrun)")
+    parser.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="--fps: process counts (the first is the base)")
+    parser.add_argument("--checkpoint", help="--fps: a checkpoint (default: the default-size unet, untrained)")
+    parser.add_argument("--data", help="--fps: a CTC data set root (default: a synthetic demo-size set)")
+    parser.add_argument("--seq", default="02", help="--fps: the sequence (default 02)")
+    parser.add_argument("--frames", type=int, default=8, help="--fps: frames of the synthetic set (default 8)")
+    parser.add_argument("--shape", type=int, nargs=3, default=(32, 128, 128), metavar=("Z", "Y", "X"),
+                        help="--fps: frame size of the synthetic set (default 32 128 128)")
+    parser.add_argument("--cores", type=int, help="--fps: cores shared out among the processes (default: all)")
+    parser.add_argument("--repeats", type=int, default=1, help="--fps: runs per process count, the fastest kept")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="--fps: device (default cpu)")
     args = parser.parse_args(argv)
-    if not args.memory:
-        parser.error("choose a table: --memory")
+    if not args.memory and not args.fps:
+        parser.error("choose a table: --memory or --fps")
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     start = time.perf_counter()
-    memory_table(sizes, args.budget, args.workdir)
+    if args.fps:
+        fps_table(args.procs, args.checkpoint, args.data, args.seq, args.frames, args.shape, args.cores, args.repeats,
+                  args.device)
+    if args.memory:
+        memory_table(sizes, args.budget, args.workdir)
     print(f"\n{time.perf_counter() - start:.0f} s in all")
     return 0
 

@@ -22,6 +22,8 @@ FORBIDDEN = {
     "predict": {"training", "cli", "main", "metrics"},
     "figures": PROJECT - {"dataset", "errors", "figures"},
     "training": {"cli", "main"},
+    "distributed": {"training", "predict", "scaleout", "results", "cli", "main"},
+    "scaleout": {"training", "cli", "main", "metrics"},
 }
 
 

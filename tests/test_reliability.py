@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -305,12 +306,17 @@ def test_kill_9_or_ctrl_c_during_track_predict_and_synth_overwrite_loses_nothing
             "--out", str(tmp_path / "res"), "--overwrite", "--device", "cpu"]
     for sig in (signal.SIGKILL, signal.SIGINT):
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        started = lambda: any(len(list(p.rglob("*.npy"))) > 2 for p in tmp_path.glob(f".res.{proc.pid}.*.partial"))
+        cache = tmp_path / ".res.cache"  # the frames segmented so far (scaleout.py), held by this run's pid
+        started = lambda: (cache / ".lock").is_file() and (cache / ".lock").read_text().strip() == str(proc.pid) \
+            and len(list(cache.glob("t*.npy"))) > 2  # noqa: E731
         kill_when(proc, started, send=sig)
         assert digest(tmp_path / "res") == old and digest(big) == before
         if sig == signal.SIGINT:
             assert proc.returncode == 130 and "interrupted" in proc.stderr.read()
-            assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "m.pt", "res"]  # cleaned up on the way out
+            # cleaned up on the way out, but for the frame cache, kept for --resume (tests/test_scaleout.py)
+            assert sorted(p.name for p in tmp_path.iterdir()) == [".res.cache", "big", "m.pt", "res"]
+            assert not (cache / ".lock").exists()
+            shutil.rmtree(cache)
     (tmp_path / "m.pt").unlink()
 
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "synth", "--out", str(big), "--overwrite", "--frames", "30",
