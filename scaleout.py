@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset.fileio import MARK, atomic_path, mark, owner_kind
+from dataset.fileio import MARK, atomic_path, mark, owner_kind, pid_alive
 from dataset.frames import lazy_frame
 from distributed import Distributed
 from errors import OutputError, UserError
@@ -158,16 +158,6 @@ def cache_folder(out: str | Path) -> Path:
     return out.with_name(f".{out.name}.cache")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class FrameCache:
     """The per-frame mask cache of one result folder (see the module docstring). Rank 0 opens, locks,
     prunes and removes it; every rank puts entries into it."""
@@ -229,7 +219,7 @@ class FrameCache:
                     pid = int(self.lock.read_text().strip() or 0)
                 except (OSError, ValueError):
                     pid = 0
-                if pid and pid != os.getpid() and _pid_alive(pid):
+                if pid and pid != os.getpid() and pid_alive(pid):
                     raise OutputError(f"{self.out}: another run (pid {pid}) is predicting into it now (lock "
                                       f"{self.lock}); wait for it or choose another --out") from None
                 self.lock.unlink(missing_ok=True)  # left by a run that died

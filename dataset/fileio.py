@@ -117,7 +117,8 @@ def check_output(path: str | Path, overwrite: bool, kind: str, inputs=(), recogn
 
 
 # ----------------------------------------------------------------------------- folders
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` is running (one of another user counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -144,7 +145,7 @@ def clean_stale(path: Path) -> None:
         for prefix, tail in ((f".{name}.", ".partial"), (f".{name}.old-", "")):
             if entry.name.startswith(prefix) and entry.name.endswith(tail) and entry.is_dir():
                 pid = _pid_of(entry.name, prefix)
-                if pid is None or pid == os.getpid() or _alive(pid):
+                if pid is None or pid == os.getpid() or pid_alive(pid):
                     continue
                 if tail == "" and not path.exists():
                     os.replace(entry, path)  # the swap was cut between its two renames: restore the old folder
@@ -229,7 +230,7 @@ class OutputFolder:
                     pid = int(self.lock.read_text().strip() or 0)
                 except (OSError, ValueError):
                     pid = 0
-                if pid and _alive(pid) and pid != os.getpid():
+                if pid and pid_alive(pid) and pid != os.getpid():
                     raise OutputError(f"{self.path}: another run (pid {pid}) is writing this folder now "
                                       f"(lock {self.lock}); wait for it or choose another --out") from None
                 self.lock.unlink(missing_ok=True)  # left by a run that died

@@ -1,6 +1,5 @@
 """OME-Zarr input: small NGFF images written by hand with zarr, read back; a sequence predicts to the same
 masks as the same frames given as CTC TIFFs."""
-import builtins
 
 import numpy as np
 import pytest
@@ -71,7 +70,7 @@ def test_ngff_05_on_zarr_v3(tmp_path):
     assert np.array_equal(image.frame(1), data[1])
 
 
-def test_bad_stores_are_one_line_errors(tmp_path, movie, monkeypatch):
+def test_bad_stores_are_one_line_errors(tmp_path, movie, no_zarr):
     with pytest.raises(OmeZarrError, match="not found"):
         OmeZarrImage(tmp_path / "none.zarr")
     plain = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w", zarr_format=2)
@@ -83,14 +82,7 @@ def test_bad_stores_are_one_line_errors(tmp_path, movie, monkeypatch):
         OmeZarrImage(path, level=5)
     with pytest.raises(OmeZarrError, match="frame 9"):
         OmeZarrImage(path).frame(9)
-    real_import = builtins.__import__
-
-    def no_zarr(name, *args, **kwargs):
-        if name == "zarr":
-            raise ImportError("no zarr")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_zarr)
+    no_zarr()
     with pytest.raises(OmeZarrError, match="needs the zarr package") as err:
         OmeZarrImage(path)
     assert "\n" not in str(err.value)

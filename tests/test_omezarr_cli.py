@@ -253,8 +253,7 @@ def test_training_needs_labels_one_line_before_any_work(data, tmp_path, capsys):
     assert "no labels in any frame" in capsys.readouterr().err and not run.exists()
 
 
-def test_2d_label_image_and_a_missing_zarr_package(tmp_path, monkeypatch, capsys):
-    import builtins
+def test_2d_label_image_and_a_missing_zarr_package(tmp_path, no_zarr, capsys):
     labels = np.zeros((3, 24, 20), np.uint16)
     for t in range(3):
         labels[t, 4 + t:10 + t, 3:9] = 1
@@ -274,14 +273,7 @@ def test_2d_label_image_and_a_missing_zarr_package(tmp_path, monkeypatch, capsys
     assert meta["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.5, 0.25]
     assert np.array_equal(label["0"][...], np.stack([read_labels(tmp_path / "r" / f"mask{t:03d}.tif", 2) for t in range(3)]))
     assert sorted(p["label-value"] for p in label.attrs["image-label"]["properties"]) == [1, 2]
-    real_import = builtins.__import__
-
-    def no_zarr(name, *args, **kwargs):
-        if name == "zarr":
-            raise ImportError("no zarr")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_zarr)
+    no_zarr()
     capsys.readouterr()
     masks = tmp_path / "r"  # the CTC result as TIFF masks: only the OME-Zarr output needs zarr
     assert main.main(["track", "--masks", str(masks), "--out", str(tmp_path / "s"), "--out-format", "ome-zarr"]) == 2
