@@ -10,7 +10,6 @@ import time
 import warnings
 from pathlib import Path
 
-from dataset import Sequence
 from dataset.ctc import VOXEL_SIZE_SIM, CTCFormatError, ResultFolder, check_consecutive, list_mask_files, read_labels, tiff_shape
 from dataset.omezarr import OmeZarrImage, is_omezarr, omezarr_masks, open_sequence
 from dataset.validate import label_image_problem
