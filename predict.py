@@ -33,7 +33,7 @@ import tiled
 from dataset import VOXEL_SIZE_SIM, Sequence
 from dataset.frames import as_frame, lazy_frame, subsample_percentiles
 from dataset.fileio import write_json
-from dataset3D import normalize, resample_image, resample_probabilities
+from dataset3D import normalize, resample_image, resample_labels, resample_probabilities
 from errors import CheckpointError, ConfigError, UserError
 from inference import PostParams
 from plan import Plan
@@ -285,14 +285,15 @@ class Predictor:
         (predicted at the plan's working spacing and interpolated back when that differs)."""
         return self._predict(normalize(image), self.working_shape(image.shape))
 
-    def _predict(self, volume: np.ndarray, working) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities of a normalised volume on its own grid, predicted on a grid of shape `working`."""
+    def _predict(self, volume: np.ndarray, working, back: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities of a normalised volume on its own grid, predicted on a grid of shape `working`
+        (back=False: left on that grid)."""
         self.model.eval()
         shape, working = tuple(volume.shape), tuple(working)
         if working != shape:
             volume = resample_image(volume, working)
         seg, marker = self._sliding_window(volume)
-        if working != shape:
+        if working != shape and back:
             return resample_probabilities(seg, shape), resample_probabilities(marker, shape)
         return seg.numpy(), marker.numpy()
 
@@ -346,16 +347,51 @@ class Predictor:
     # ------------------------------------------------------------------ thresholds
     def tune(self, seq: Sequence, frames, grid: dict | None = None, progress: bool = True) -> tuple[PostParams, float]:
         """Set `post` to the watershed thresholds that maximise SEG on `frames` of `seq` (predicted once,
-        post-processing searched); returns (thresholds, SEG). Never worse on those frames than the current ones."""
+        post-processing searched); returns (thresholds, SEG). Never worse on those frames than the current ones.
+
+        Where the plan resamples, the search runs on the working grid (probabilities as the window gave them, GT
+        taken there by nearest neighbour, size limits in working voxels): each candidate's watershed is then as
+        cheap as in training (about 10x less than at the native grid on SIM+ frames), and only the searched
+        thresholds are carried over; the size limits stay the native ones. The SEG returned is the working grid's.
+        """
         frames = list(frames)
-        pairs, gts = [], []
+        grid = inference.DEFAULT_GRID if grid is None else grid
+        gts = [seq.seg(t) for t in frames]
+        working = self.plan is not None and self.plan.resamples and not any(isinstance(g, dict) for g in gts)
+        pairs = []
         for t in tqdm(frames, desc="tuning thresholds", leave=False, disable=not progress):
-            pairs.append(self.probabilities(seq.image(t)))
-            gts.append(seq.seg(t))
-        self.post, best = inference.tune_postprocessing(pairs, gts, grid, base=self.post,
-                                                        voxel_size=self.spacing(len(seq.shape)))
-        tqdm.write(f"tuned post-processing on {len(frames)} frames of {seq.image_dir}: SEG {best:.4f} with {self.post}")
+            image = seq.image(t)
+            pairs.append(self._predict(normalize(image), self.working_shape(image.shape), back=not working))
+        if working:
+            gts = [resample_labels(g, pair[0].shape[1:]) for g, pair in zip(gts, pairs)]
+            base, voxel_size = self.working_post(), tuple(reversed(self.plan.spacing))
+        else:
+            base, voxel_size = self.post, self.spacing(len(seq.shape))
+        best_post, best = inference.tune_postprocessing(pairs, gts, grid, base=base, voxel_size=voxel_size)
+        if working:  # the searched values, size limits (when searched) back in native voxels
+            found = {name: getattr(best_post, name) for name in grid}
+            ratio = self.native_per_working()
+            found.update({k: max(1, int(round(v * ratio))) if v else 0 for k, v in found.items()
+                          if k in ("min_size", "min_marker_size")})
+            best_post = dataclasses.replace(self.post, **found)
+        self.post = best_post
+        where = " (at the working grid)" if working else ""
+        tqdm.write(f"tuned post-processing on {len(frames)} frames of {seq.image_dir}: SEG {best:.4f}{where} with {self.post}")
         return self.post, best
+
+    def native_per_working(self) -> float:
+        """How many native voxels one voxel of the plan's working grid holds."""
+        return float(np.prod(self.plan.spacing) / np.prod(self.spacing(self.plan.ndim)))
+
+    def working_post(self) -> PostParams:
+        """`post` with its size limits (native voxels) converted to voxels of the plan's working grid."""
+        ratio = self.native_per_working()
+
+        def scaled(n: int) -> int:
+            return max(1, int(round(n / ratio))) if n else 0
+
+        return dataclasses.replace(self.post, min_size=scaled(self.post.min_size),
+                                   min_marker_size=scaled(self.post.min_marker_size))
 
     # ------------------------------------------------------------------ a sequence
     def predict_sequence(self, seq: Sequence, out: str | Path, overwrite: bool = False, figures_dir=None,

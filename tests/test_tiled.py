@@ -345,3 +345,33 @@ def test_peak_memory_follows_the_budget_not_the_frame(tmp_path):
     assert whole["hwm"] > budget + baseline["hwm"]  # the budget really is far below the frame's need
     jaccard, n = seg_score(np.load(tiled_path), np.load(whole_path))
     assert n > 100 and jaccard / n >= 0.99
+
+
+# ----------------------------------------------------------------------------- tuning at the working grid
+def test_tuning_runs_on_the_working_grid_and_keeps_the_native_size_limits(tmp_path, monkeypatch):
+    """Predictor.tune searches the thresholds where the window ran (the working grid): every candidate's
+    watershed sees working-grid shapes, the native min sizes are kept, and the thresholds it picks score at the
+    native grid within 0.02 SEG of the best a native-grid search finds."""
+    from dataset import Sequence
+    root = write_dataset(tmp_path / "set", SynthConfig(shape=(24, 96, 96), frames=2, radius_xy=(7.0, 9.0)), seed=3)
+    seq = Sequence(root, "01")
+    p = predictor(zoom=0.5, shape=seq.shape)
+    p.post = PostParams(min_size=40, min_marker_size=8)
+    working = p.working_shape(seq.shape)
+    assert p.working_post().min_size == 5 and p.working_post().min_marker_size == 1  # 8 native voxels per working one
+    shapes, real = [], predict.inference.instances
+    monkeypatch.setattr(predict.inference, "instances",
+                        lambda s, m, params, voxel_size=None: shapes.append(s.shape[1:]) or real(s, m, params, voxel_size))
+    grid = {"fg_threshold": (0.3, 0.5, 0.7), "marker_threshold": (0.4, 0.6, 0.8)}
+    post, _ = p.tune(seq, seq.frames, grid, progress=False)
+    assert set(shapes) == {working} and len(shapes) == 2 * 10
+    assert (post.min_size, post.min_marker_size) == (40, 8)
+    native = [p.probabilities(seq.image(t)) for t in seq.frames]
+    gts = [seq.seg(t) for t in seq.frames]
+    _, best_native = predict.inference.tune_postprocessing(native, gts, grid, base=PostParams(min_size=40, min_marker_size=8))
+
+    def native_seg(params):
+        scores = [seg_score(real(s, m, params), g) for (s, m), g in zip(native, gts)]
+        return sum(j for j, _ in scores) / sum(n for _, n in scores)
+
+    assert native_seg(post) >= best_native - 0.02
