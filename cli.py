@@ -63,10 +63,14 @@ def predict_command(args) -> int:
         seq, out = jobs[0].seq, jobs[0].out
         if not seq.has_gt:
             raise UserError(f"--tune needs ground truth: {seq.gt_dir} not found")
+        tracked = args.tune == "OP_CTB"
+        if tracked and not seq.tra_files:
+            raise UserError(f"--tune OP_CTB needs TRA ground truth: {seq.gt_dir / 'TRA'} has no man_track files")
+        frames = sorted(seq.tra_files) if tracked else seq.seg_frames
         if ddp.main:  # rank 0 tunes; the others take its thresholds
-            post, seg = predictor.tune(seq, seq.seg_frames)
+            post, seg = predictor.tune(seq, frames, objective=args.tune)
             record = save_post_record(out.with_name(out.name + ".postprocessing.json"), post, seg, predictor.checkpoint_id,
-                                      {"data": str(seq.image_dir), "frames": seq.seg_frames})
+                                      {"data": str(seq.image_dir), "frames": frames, "objective": args.tune})
             print(f"wrote {record} (use it with --post {record})")
         predictor.post = ddp.broadcast(predictor.post)
     predict_sequences(predictor, jobs, ddp, overwrite=args.overwrite, resume=getattr(args, "resume", False))

@@ -340,19 +340,21 @@ DEFAULT_GRID = {
 
 
 def tune_postprocessing(prob_pairs, gt_labels_list, grid: dict | None = None,
-                        base: PostParams | None = None, voxel_size=None) -> tuple[PostParams, float]:
+                        base: PostParams | None = None, voxel_size=None, score=None) -> tuple[PostParams, float]:
     """Grid-search PostParams for the best SEG over frames whose probabilities are already predicted.
 
     prob_pairs: [(seg_prob, marker_prob), ...]; gt_labels_list: the GT of the same frames, each a label
-    volume or {z: 2D label slice} (CTC SEG ground truth given as slices).
+    volume or {z: 2D label slice} (CTC SEG ground truth given as slices); None with `score`.
     grid: {PostParams field: candidate values} (default DEFAULT_GRID); fields not in it keep `base`'s values
     (default PostParams()). `base` itself is tried first, so the result is never worse than it; ties keep
     the earlier candidate. SEG is pooled over all GT objects of all frames, as the CTC does.
-    voxel_size is passed on to `instances`. Returns (best params, its SEG).
+    voxel_size is passed on to `instances`. score: instead of SEG, a function of the list of label images
+    (one per frame) to maximise, e.g. OP_CTB after tracking them (Predictor.tune). Returns (best params, its score).
     """
-    prob_pairs, gt_labels_list = list(prob_pairs), list(gt_labels_list)
-    if len(prob_pairs) != len(gt_labels_list) or not prob_pairs:
-        raise ValueError(f"need as many GT images as predicted frames (>0), got {len(gt_labels_list)} "
+    prob_pairs = list(prob_pairs)
+    gt_labels_list = None if gt_labels_list is None else list(gt_labels_list)
+    if not prob_pairs or (score is None and (gt_labels_list is None or len(prob_pairs) != len(gt_labels_list))):
+        raise ValueError(f"need as many GT images as predicted frames (>0), got {len(gt_labels_list or ())} "
                          f"and {len(prob_pairs)}")
     grid = DEFAULT_GRID if grid is None else grid
     base = base or PostParams()
@@ -361,14 +363,18 @@ def tune_postprocessing(prob_pairs, gt_labels_list, grid: dict | None = None,
         raise ValueError(f"unknown PostParams fields in grid: {sorted(unknown)}")
     candidates = [base] + [dataclasses.replace(base, **dict(zip(grid, values)))
                            for values in itertools.product(*grid.values())]
-    best, best_seg = base, -1.0
-    for params in candidates:
-        total, count = 0.0, 0
-        for (seg_prob, marker_prob), gt in zip(prob_pairs, gt_labels_list):
-            jaccard, n = metrics.seg_score(instances(seg_prob, marker_prob, params, voxel_size), gt)
-            total, count = total + jaccard, count + n
+
+    def seg(labels) -> float:
+        parts = [metrics.seg_score(lab, gt) for lab, gt in zip(labels, gt_labels_list)]
+        count = sum(n for _, n in parts)
         if count == 0:
             raise UserError("no ground-truth objects to tune the post-processing on")
-        if total / count > best_seg:
-            best, best_seg = params, total / count
-    return best, best_seg
+        return sum(j for j, _ in parts) / count
+
+    score = score or seg
+    best, best_score = base, -np.inf
+    for params in candidates:
+        value = score([instances(s, m, params, voxel_size) for s, m in prob_pairs])
+        if value > best_score:
+            best, best_score = params, value
+    return best, float(best_score)

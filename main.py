@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-batch", type=POSITIVE_INT, help="windows per forward pass (default 4)")
     p.add_argument("--voxel-size", type=POSITIVE, nargs="+", metavar="S",
                    help="x y [z] in micrometres (default: the training data's, stored in the checkpoint)")
-    p.add_argument("--tune", action="store_true",
-                   help="tune the watershed thresholds on this sequence's GT first (writes <OUT>.postprocessing.json)")
+    p.add_argument("--tune", nargs="?", const="SEG", choices=("SEG", "OP_CTB"), metavar="SEG|OP_CTB",
+                   help="tune the watershed thresholds on this sequence's GT first (writes <OUT>.postprocessing.json): "
+                        "for SEG (the default), or for OP_CTB = (SEG + TRA) / 2 on the tracked masks of every frame")
     p.add_argument("--post", metavar="JSON", help="use the thresholds of this post-processing record (from --tune)")
     p.add_argument("--figures", action="store_true", help="also write PNG projections and a lineage tree")
     p.add_argument("--resume", action="store_true",

@@ -96,7 +96,7 @@ _PARTS = {"OP_CSB": ("SEG", "DET"), "OP_CTB": ("SEG", "TRA"), "BIO": ("CT", "TF"
 BC_MAX, BIO_BC = 3, 2
 
 CACHE_NAME = ".ctc_matching.npz"
-_CACHE_FORMAT = "ctc-matching/1"
+_CACHE_FORMAT = "ctc-matching/2"
 
 # A label image whose largest label is below this is compacted with a lookup table, else with np.unique.
 _LUT_LIMIT = 1 << 22
@@ -242,7 +242,7 @@ class SequenceMatching:
     the cache stores. Per reference object (frame by frame, labels sorted): gt_labels, matched (result
     label or 0) and unique; per result object: res_labels and hits. gt_start / res_start: where each frame
     begins in those arrays. seg: (sum of the Jaccard indices, reference objects, frames) of the SEG ground
-    truth, None where not computed."""
+    truth, None where not computed; volume_ratio: the result/reference volume of each matched SEG object."""
 
     frames: np.ndarray
     gt_start: np.ndarray
@@ -253,6 +253,7 @@ class SequenceMatching:
     res_labels: np.ndarray
     hits: np.ndarray
     seg: tuple[float, int, int] | None = None
+    volume_ratio: np.ndarray | None = None  # per matched SEG reference object: |S| / |R|
 
     @classmethod
     def from_frames(cls, matches: dict[int, Matching]) -> "SequenceMatching":
@@ -376,30 +377,41 @@ def _read_pair(mask_path: Path, tra_path: Path) -> tuple[np.ndarray, np.ndarray]
 def _match_folders(mask_files, tra_files, seg_files) -> SequenceMatching:
     """Read the masks and the TRA (and SEG, unless `seg_files` is None) ground truth, each file once, and match."""
     matches: dict[int, Matching] = {}
-    seg_total, seg_objects = 0.0, 0
+    seg_total, seg_objects, ratios = 0.0, 0, []
     for t in tra_files:
         res, gt = _read_pair(mask_files[t], tra_files[t])
         matches[t] = match_objects(gt, res)
         if seg_files and t in seg_files:
-            total, n, _ = _seg_sums({t: seg_files[t]}, mask_files, res)
+            total, n, _, ratio = _seg_sums({t: seg_files[t]}, mask_files, res)
             seg_total, seg_objects = seg_total + total, seg_objects + n
+            ratios.append(ratio)
     sm = SequenceMatching.from_frames(matches)
     if seg_files is not None:
         sm.seg = (seg_total, seg_objects, len(seg_files))
+        sm.volume_ratio = np.concatenate(ratios) if ratios else np.zeros(0)
     return sm
 
 
-def _seg_sums(seg_files, mask_files, res: np.ndarray | None = None) -> tuple[float, int, int]:
-    """(sum of the Jaccard indices, reference objects, frames) of the SEG ground truth; `res`: the mask of
-    the one frame in `seg_files`, already read."""
-    total, objects = 0.0, 0
+def _seg_sums(seg_files, mask_files, res: np.ndarray | None = None) -> tuple[float, int, int, np.ndarray]:
+    """(sum of the Jaccard indices, reference objects, frames, volume ratios) of the SEG ground truth; `res`:
+    the mask of the one frame in `seg_files`, already read."""
+    total, objects, ratios = 0.0, 0, []
     for t, files in seg_files.items():
         mask = res if res is not None else read_labels(mask_files[t], None)
         for z, seg_path in files:
             m = _seg_matching(seg_path, z, mask, mask_files[t])
             total += float(m.jaccard.sum())
             objects += m.gt_labels.size
-    return total, objects, len(seg_files)
+            ratios.append(volume_ratios(m))
+    return total, objects, len(seg_files), np.concatenate(ratios) if ratios else np.zeros(0)
+
+
+def volume_ratios(m: Matching) -> np.ndarray:
+    """|S| / |R| of each matched reference object: above 1 where the result is too large (a blur halo
+    segmented), below where it is too small; unmatched objects are left out (they count in FN)."""
+    sel = m.matched > 0
+    res_sizes = m.res_sizes[np.searchsorted(m.res_labels, m.matched[sel])]
+    return res_sizes / m.gt_sizes[sel]
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -459,13 +471,14 @@ def _matching(res_dir: Path, mask_files, tra_files, seg_files, cache_path: Path 
     else:
         sm = SequenceMatching(**{k: cached[k] for k in SequenceMatching.__dataclass_fields__ if k != "seg"})
         if seg_key is not None and str(cached.get("seg_key")) == seg_key:
-            sm.seg = tuple(cached["seg"].tolist())
+            sm.seg, sm.volume_ratio = tuple(cached["seg"].tolist()), cached["volume_ratio"]
         elif seg_key is not None:  # the TRA matching is known: read only the masks of the SEG frames
-            sm.seg, fresh = _seg_sums(seg_files, mask_files), True
+            *seg, sm.volume_ratio = _seg_sums(seg_files, mask_files)
+            sm.seg, fresh = tuple(seg), True
     if fresh:
         data = {"tra_key": np.array(tra_key), **sm.arrays()}
         if sm.seg is not None:
-            data.update(seg_key=np.array(seg_key), seg=np.array(sm.seg, np.float64))
+            data.update(seg_key=np.array(seg_key), seg=np.array(sm.seg, np.float64), volume_ratio=sm.volume_ratio)
         _write_cache(cache_path, data)
     return sm
 
@@ -811,7 +824,7 @@ def check_accuracy(res_dir: str | Path, gt_dir: str | Path, metrics=None, *, seg
     Returns the measures asked for under their py-ctcmetrics names (MTML as MT and ML; MOTA with IDSW, IDF1
     with IDP and IDR), Valid (1: an invalid result raises instead), the AOGM parts NS, FN, FP, ED, EA, EC,
     AOGM, AOGM_0, AOGM_D, AOGM_D0, AOGM_A, AOGM_A0 and the counts n_ref_objects, n_ref_edges,
-    n_res_objects, tra_frames (and n_seg_objects, seg_frames with SEG; gt_divisions, res_divisions and
+    n_res_objects, tra_frames (and n_seg_objects, seg_frames and the volume ratio VOL_p10, VOL_median, VOL_p90 with SEG; gt_divisions, res_divisions and
     tp_div(i) with BC). A measure is None where undefined: SEG, OP_CSB and OP_CTB without SEG ground truth,
     BC(i) and CCA without divisions or complete cell cycles in the reference, LNK without reference edges.
     Raises CTCFormatError, naming the file and label, when the result or the ground truth breaks the CTC
@@ -839,6 +852,45 @@ def check_accuracy(res_dir: str | Path, gt_dir: str | Path, metrics=None, *, seg
     _check_gt_lineage(gt_tracks, sm.labels("gt"), {t: str(p) for t, p in tra_files.items()}, str(gt_track_path))
     if sm.gt_labels.size == 0:
         raise CTCFormatError(f"{tra_dir}: the TRA ground truth has no object; DET and TRA are undefined")
+    return _measures(wanted, bc_max, gt_tracks, res_tracks, sm)
+
+
+def clip_tracks(tracks, first: int, last: int) -> np.ndarray:
+    """The track rows (L, B, E, P) of frames first..last only: spans cut to the window, tracks outside it
+    dropped, and a parent link kept only where the parent is still in the window (else the track starts one)."""
+    rows = [[l, max(b, first), min(e, last), p] for l, b, e, p in np.asarray(tracks, np.int64).reshape(-1, 4).tolist()
+            if b <= last and e >= first]
+    kept = {r[0] for r in rows}
+    return np.array([[l, b, e, p if p in kept else 0] for l, b, e, p in rows], np.int64).reshape(-1, 4)
+
+
+def check_arrays(res_masks: dict, res_tracks, tra_gt: dict, gt_tracks, seg_gt: dict | None = None,
+                 metrics=("SEG", "DET", "TRA", "OP_CTB")) -> dict:
+    """The measures of a result held in memory, as `check_accuracy` gives them for the same files.
+
+    res_masks, tra_gt: frame -> label image (the same frames, consecutive); res_tracks, gt_tracks: track rows
+    (L, B, E, P) of those frames (`clip_tracks` cuts a sequence's table to a window); seg_gt: frame -> SEG
+    ground truth (a label image, or {z: 2D slice}), for SEG. Used where many candidate results are scored
+    (the post-processing search of Predictor.tune), so nothing is written.
+    """
+    wanted, bc_max = parse_metrics(metrics)
+    frames = sorted(tra_gt)
+    if sorted(res_masks) != frames or frame_gaps(frames):
+        raise ValueError(f"need masks for the same consecutive frames as the ground truth {frames[:5]}..., "
+                         f"got {sorted(res_masks)[:5]}...")
+    res_tracks, gt_tracks = (np.asarray(t, np.int64).reshape(-1, 4) for t in (res_tracks, gt_tracks))
+    sm = SequenceMatching.from_frames({t: match_objects(tra_gt[t], res_masks[t]) for t in frames})
+    check_lineage(res_tracks, sm.labels("res"), None, "result tracks")
+    _check_gt_lineage(gt_tracks, sm.labels("gt"), None, "ground-truth tracks")
+    if "SEG" in wanted:
+        total, n, ratios = 0.0, 0, []
+        for t, gt in (seg_gt or {}).items():
+            planes = gt.items() if isinstance(gt, dict) else [(None, gt)]
+            for z, plane in planes:
+                m = match_objects(plane, res_masks[t] if z is None else res_masks[t][z])
+                total, n = total + float(m.jaccard.sum()), n + m.gt_labels.size
+                ratios.append(volume_ratios(m))
+        sm.seg, sm.volume_ratio = (total, n, len(seg_gt or {})), np.concatenate(ratios) if ratios else np.zeros(0)
     return _measures(wanted, bc_max, gt_tracks, res_tracks, sm)
 
 
@@ -899,8 +951,19 @@ def _measures(wanted: set, bc_max: int, gt_tracks, res_tracks, sm: SequenceMatch
     out["tra_frames"] = int(sm.frames.size)
     if "SEG" in wanted:
         out["n_seg_objects"], out["seg_frames"] = int(sm.seg[1]), int(sm.seg[2])
+        out.update(volume_ratio_summary(sm.volume_ratio))
     out.update(divisions)
     return out
+
+
+def volume_ratio_summary(ratios) -> dict:
+    """{"VOL_p10", "VOL_median", "VOL_p90"}: percentiles of the result/reference volume of the matched SEG
+    objects (None without any), the size bias SEG alone does not show."""
+    ratios = np.asarray(ratios, np.float64)
+    if ratios.size == 0:
+        return {"VOL_p10": None, "VOL_median": None, "VOL_p90": None}
+    p10, p50, p90 = np.percentile(ratios, [10, 50, 90])
+    return {"VOL_p10": float(p10), "VOL_median": float(p50), "VOL_p90": float(p90)}
 
 
 # ----------------------------------------------------------------------------- report and CLI
@@ -928,6 +991,9 @@ def format_table(scores: dict) -> str:
         rows += [(k, f"{scores[k]}", f"x {WEIGHTS[k]:g}") for k in WEIGHTS]
         rows.append(("objects", f"{scores['n_ref_objects']}",
                      f"reference (TRA), {scores['n_ref_edges']} edges; {scores['n_res_objects']} in the result"))
+    if scores.get("VOL_median") is not None:
+        rows.append(("volume", f"{scores['VOL_median']:.3f}", f"result / reference, median of the matched SEG objects "
+                                                              f"(p10 {scores['VOL_p10']:.3f}, p90 {scores['VOL_p90']:.3f})"))
     if "n_seg_objects" in scores:
         rows.append(("SEG GT", f"{scores['n_seg_objects']}", f"objects in {scores['seg_frames']} of {scores['tra_frames']} frames"))
     if "gt_divisions" in scores:

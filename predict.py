@@ -31,16 +31,20 @@ from tqdm import tqdm
 import inference
 import tiled
 from dataset import VOXEL_SIZE_SIM, Sequence
+from dataset.ctc import check_consecutive
 from dataset.frames import as_frame, lazy_frame, subsample_percentiles
 from dataset.fileio import write_json
 from dataset3D import normalize, resample_image, resample_labels, resample_probabilities
 from errors import CheckpointError, ConfigError, UserError
 from inference import PostParams
 from plan import Plan
+from metrics import check_arrays, clip_tracks
 from results import write_tracked_result
-from tracking import TrackParams
+from tracking import TrackParams, track_sequence
 
 POST_RECORD = "nuclei-ctc-postprocessing/1"
+#: What Predictor.tune can maximise: SEG alone, or OP_CTB = (SEG + TRA) / 2 of the tracked candidate masks.
+TUNE_OBJECTIVES = ("SEG", "OP_CTB")
 #: Peak host memory of predicting one frame, per voxel: the float32 frame and its normalised copy, five
 #: blended float32 accumulators and their weights, the probabilities as numpy, and the watershed's arrays.
 BYTES_PER_VOXEL = 100
@@ -73,7 +77,8 @@ def post_record_path(checkpoint: str | Path) -> Path:
 
 
 def save_post_record(path: str | Path, post: PostParams, seg: float, checkpoint_id: str | None, tuned_on: dict) -> Path:
-    """Write the post-processing record (thresholds, the SEG they reached, where they were tuned) atomically."""
+    """Write the post-processing record (thresholds, the score they reached as "seg": SEG, or the objective named
+    in `tuned_on`, where they were tuned) atomically."""
     write_json(path, {"format": POST_RECORD, "checkpoint_id": checkpoint_id, "post": dataclasses.asdict(post),
                       "seg": float(seg), "tuned_on": tuned_on})
     return Path(path)
@@ -345,29 +350,52 @@ class Predictor:
         return tiled.segment_in_blocks(frame, layout, segment, scratch)
 
     # ------------------------------------------------------------------ thresholds
-    def tune(self, seq: Sequence, frames, grid: dict | None = None, progress: bool = True) -> tuple[PostParams, float]:
-        """Set `post` to the watershed thresholds that maximise SEG on `frames` of `seq` (predicted once,
-        post-processing searched); returns (thresholds, SEG). Never worse on those frames than the current ones.
+    def tune(self, seq: Sequence, frames, grid: dict | None = None, progress: bool = True,
+             objective: str = "SEG") -> tuple[PostParams, float]:
+        """Set `post` to the watershed thresholds that maximise `objective` on `frames` of `seq` (predicted
+        once, post-processing searched); returns (thresholds, score). Never worse on those frames than the
+        current ones.
 
+        objective: "SEG", or "OP_CTB" ((SEG + TRA) / 2: each candidate's masks tracked and scored against the
+        TRA ground truth of `frames`, which must then be consecutive), which also weighs merges and lost links.
         Where the plan resamples, the search runs on the working grid (probabilities as the window gave them, GT
         taken there by nearest neighbour, size limits in working voxels): each candidate's watershed is then as
         cheap as in training (about 10x less than at the native grid on SIM+ frames), and only the searched
-        thresholds are carried over; the size limits stay the native ones. The SEG returned is the working grid's.
+        thresholds are carried over; the size limits stay the native ones. The score returned is the working grid's.
         """
+        if objective not in TUNE_OBJECTIVES:
+            raise ConfigError(f"tuning objective {objective!r}: expected one of {', '.join(TUNE_OBJECTIVES)}")
         frames = list(frames)
+        if objective == "OP_CTB":
+            frames = check_consecutive(frames, f"{seq.image_dir} (OP_CTB tuning)")
         grid = inference.DEFAULT_GRID if grid is None else grid
-        gts = [seq.seg(t) for t in frames]
-        working = self.plan is not None and self.plan.resamples and not any(isinstance(g, dict) for g in gts)
+        seg_frames = set(seq.seg_frames)
+        gts = {t: seq.seg(t) for t in frames if t in seg_frames}
+        if not gts:
+            raise UserError(f"{seq.gt_dir}: no SEG ground truth for the tuning frames {frames}")
+        working = self.plan is not None and self.plan.resamples and not any(isinstance(g, dict) for g in gts.values())
         pairs = []
         for t in tqdm(frames, desc="tuning thresholds", leave=False, disable=not progress):
             image = seq.image(t)
             pairs.append(self._predict(normalize(image), self.working_shape(image.shape), back=not working))
+        to_grid = (lambda g, t: resample_labels(g, pairs[frames.index(t)][0].shape[1:])) if working else (lambda g, t: g)
+        gts = {t: to_grid(g, t) for t, g in gts.items()}
         if working:
-            gts = [resample_labels(g, pair[0].shape[1:]) for g, pair in zip(gts, pairs)]
             base, voxel_size = self.working_post(), tuple(reversed(self.plan.spacing))
         else:
             base, voxel_size = self.post, self.spacing(len(seq.shape))
-        best_post, best = inference.tune_postprocessing(pairs, gts, grid, base=base, voxel_size=voxel_size)
+        score = None
+        if objective == "OP_CTB":
+            tra = {t: to_grid(seq.tra(t), t) for t in frames}
+            gt_tracks = clip_tracks(seq.tracks, frames[0], frames[-1])
+
+            def score(labels):
+                relabelled, tracks = track_sequence(labels, frames, voxel_size, self.track)
+                return check_arrays(dict(relabelled), tracks, tra, gt_tracks, gts, metrics=("OP_CTB",))["OP_CTB"]
+        else:  # only the frames with SEG ground truth count
+            pairs = [pair for t, pair in zip(frames, pairs) if t in gts]
+        best_post, best = inference.tune_postprocessing(pairs, list(gts.values()) if score is None else None,
+                                                        grid, base=base, voxel_size=voxel_size, score=score)
         if working:  # the searched values, size limits (when searched) back in native voxels
             found = {name: getattr(best_post, name) for name in grid}
             ratio = self.native_per_working()
@@ -376,7 +404,8 @@ class Predictor:
             best_post = dataclasses.replace(self.post, **found)
         self.post = best_post
         where = " (at the working grid)" if working else ""
-        tqdm.write(f"tuned post-processing on {len(frames)} frames of {seq.image_dir}: SEG {best:.4f}{where} with {self.post}")
+        tqdm.write(f"tuned post-processing on {len(frames)} frames of {seq.image_dir}: {objective} {best:.4f}{where} "
+                   f"with {self.post}")
         return self.post, best
 
     def native_per_working(self) -> float:

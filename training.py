@@ -41,7 +41,7 @@ from losses import PARTS, LossWeights, combined_loss
 from metrics import seg_score
 from models import build_model
 from plan import fingerprint, make_plan
-from predict import Predictor, post_record_path, save_post_record
+from predict import TUNE_OBJECTIVES, Predictor, post_record_path, save_post_record
 from utils import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 
 
@@ -70,6 +70,7 @@ class TrainConfig:
     val_every: int = 5                       # validate every this many epochs (and after the last)
     val_frames: int = 2                      # validation frames scored per validation (evenly spaced)
     tune_frames: int = 3                     # training frames used to tune the watershed thresholds at the end
+    tune_objective: str = "SEG"              # ... for "SEG", or "OP_CTB" (then tune_frames consecutive frames, tracked)
     overlap: float = 0.25                    # sliding-window overlap for validation and final prediction
     num_workers: int = -1                    # data-loader workers; -1: as many as the CPU count allows (max 8)
     device: str = "auto"                     # auto, cpu or cuda
@@ -179,6 +180,8 @@ class Trainer:
     def setup(self) -> dict | None:
         """Data, model, loader, optimiser and schedule; returns the checkpoint state to restore, if resuming."""
         cfg, ddp = self.cfg, self.ddp
+        if cfg.tune_objective not in TUNE_OBJECTIVES:
+            raise UserError(f"TrainConfig.tune_objective {cfg.tune_objective!r}: expected one of {', '.join(TUNE_OBJECTIVES)}")
         state = None
         if self.resume:
             path = Path(self.resume) if self.resume != "last" else None
@@ -433,10 +436,15 @@ class Trainer:
         cfg, out, val_seq = self.cfg, self.out, self.val_seq
         best_path = out / "best.pt" if (out / "best.pt").exists() else out / "last.pt"
         predictor = Predictor.from_checkpoint(best_path, self.device, amp=self.amp)
-        tune_frames = evenly_spaced(self.train_seq.seg_files, cfg.tune_frames)
-        post, seg = predictor.tune(self.train_seq, tune_frames)
+        if cfg.tune_objective == "OP_CTB":  # a consecutive run from the middle of the sequence
+            frames = sorted(self.train_seq.tra_files)
+            start = max(0, (len(frames) - cfg.tune_frames) // 2)
+            tune_frames = frames[start:start + cfg.tune_frames]
+        else:
+            tune_frames = evenly_spaced(self.train_seq.seg_files, cfg.tune_frames)
+        post, seg = predictor.tune(self.train_seq, tune_frames, objective=cfg.tune_objective)
         save_post_record(post_record_path(best_path), post, seg, predictor.checkpoint_id,
-                         {"data": str(self.train_seq.image_dir), "frames": tune_frames})
+                         {"data": str(self.train_seq.image_dir), "frames": tune_frames, "objective": cfg.tune_objective})
         res_dir = out / f"{val_seq.seq}_RES"
         predictor.predict_sequence(val_seq, res_dir, overwrite=True)
         scores = {"checkpoint": str(best_path), "post": asdict(post)}

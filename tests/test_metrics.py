@@ -463,3 +463,64 @@ def test_cli_exits_2_on_invalid_results(tmp_path, capsys):
     res_dir, gt_dir = write_case(tmp_path, reference(), res, res_tracks=tracks_from(res, GT_PARENTS)[1:])
     assert main.main(["evaluate", "--res", str(res_dir), "--gt", str(gt_dir)]) == 2
     assert "label 1" in capsys.readouterr().err
+
+
+def test_volume_ratio_counts_the_result_size_against_the_reference(tmp_path):
+    """Every result box one voxel wider in x than its reference; the merge leaves its two objects at 2x. The
+    percentiles are those of the hand-counted |S| / |R| of the matched SEG objects, and they survive the cache."""
+    gt = reference()
+    res = []
+    for t in range(4):
+        objects = {k: (z0, z1, y0, y1, x0, x1 + 1) for k, (z0, z1, y0, y1, x0, x1) in gt_objects(t).items()}
+        res.append(boxes(objects))
+    res[3][res[3] == 5] = 4  # the daughters merged in frame 3
+    expected = []
+    for t in range(4):
+        for k, (z0, z1, y0, y1, x0, x1) in gt_objects(t).items():
+            size = (z1 - z0) * (y1 - y0) * (x1 - x0)
+            grown = (z1 - z0) * (y1 - y0) * (x1 + 1 - x0)
+            expected.append(2 * grown / size if t == 3 and k in (4, 5) else grown / size)
+    res_dir, gt_dir = write_case(tmp_path, gt, res)
+    for cached in (False, True, True):  # computed, cached, read from the cache
+        scores = check_accuracy(res_dir, gt_dir, cache=cached)
+        assert scores["VOL_median"] == pytest.approx(np.median(expected), abs=1e-12)
+        assert scores["VOL_p10"] == pytest.approx(np.percentile(expected, 10), abs=1e-12)
+        assert scores["VOL_p90"] == pytest.approx(np.percentile(expected, 90), abs=1e-12)
+    assert scores["VOL_median"] > 1.1 and scores["VOL_p90"] > 1.9
+    assert "result / reference" in format_table(scores)
+    perfect = check_accuracy(*write_case(tmp_path / "p", gt, gt))
+    assert perfect["VOL_p10"] == perfect["VOL_median"] == perfect["VOL_p90"] == 1.0
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__[5:])
+def test_scores_in_memory_equal_the_scores_of_the_written_folders(tmp_path, case):
+    """metrics.check_arrays (the tuning search's scorer) gives every measure check_accuracy gives for the files."""
+    res, parents = case()
+    gt = reference()
+    res_dir, gt_dir = write_case(tmp_path, gt, res, parents)
+    on_disk = check_accuracy(res_dir, gt_dir, cache=False)
+    in_memory = metrics.check_arrays(dict(enumerate(res)), tracks_from(res, parents), dict(enumerate(gt)),
+                                     tracks_from(gt, GT_PARENTS), dict(enumerate(gt)), metrics=None)
+    assert in_memory.keys() == on_disk.keys()
+    for k, v in on_disk.items():
+        assert in_memory[k] == (pytest.approx(v, abs=1e-12) if isinstance(v, float) else v), k
+
+
+def test_tracks_clipped_to_a_window_score_as_that_window_written_alone(tmp_path):
+    """Frames 1..3 of the reference (the division at 2 inside, cell 3 beginning before the window): clip_tracks
+    keeps what a data set of those frames alone holds, so the scores equal those of that data set's files."""
+    res, parents = case_swapped_labels()
+    gt = reference()
+    window = [1, 2, 3]
+    clipped = metrics.clip_tracks(tracks_from(gt, GT_PARENTS), 1, 3)
+    assert sorted(map(tuple, clipped.tolist())) == [(1, 1, 3, 0), (2, 1, 3, 0), (3, 1, 1, 0), (4, 2, 3, 3), (5, 2, 3, 3)]
+    assert metrics.clip_tracks([[7, 0, 0, 0], [8, 1, 4, 7]], 1, 3).tolist() == [[8, 1, 3, 0]]  # parent left the window
+    in_memory = metrics.check_arrays({t: res[t] for t in window}, metrics.clip_tracks(tracks_from(res, parents), 1, 3),
+                                     {t: gt[t] for t in window}, clipped, {t: gt[t] for t in window})
+    shifted_res, shifted_gt = [res[t] for t in window], [gt[t] for t in window]
+    alone = check_accuracy(*write_case(tmp_path, shifted_gt, shifted_res, parents, gt_parents=GT_PARENTS), cache=False,
+                           metrics=("SEG", "DET", "TRA", "OP_CTB"))
+    for k in ("SEG", "DET", "TRA", "OP_CTB", "NS", "FN", "FP", "ED", "EA", "EC"):
+        assert in_memory[k] == pytest.approx(alone[k], abs=1e-12), k
+    with pytest.raises(ValueError, match="consecutive"):
+        metrics.check_arrays({1: res[1], 3: res[3]}, [], {1: gt[1], 3: gt[3]}, [])

@@ -215,7 +215,7 @@ def test_tuned_thresholds_are_a_record_that_predict_then_uses(data, tmp_path, ca
     before = ckpt.read_bytes()
     out = tmp_path / "tuned"
     found = PostParams(fg_threshold=0.45, marker_threshold=0.65, min_size=7)  # what the search "finds": no default
-    monkeypatch.setattr(predict.inference, "tune_postprocessing", lambda pairs, gts, grid, base, voxel_size: (found, 0.5))
+    monkeypatch.setattr(predict.inference, "tune_postprocessing", lambda pairs, gts, grid, base, voxel_size, score=None: (found, 0.5))
     assert main.main(["predict", "--checkpoint", str(ckpt), "--data", str(data), "--seq", "02", "--out", str(out),
                       "--device", "cpu", "--tune"]) == 0
     assert ckpt.read_bytes() == before  # the model is never rewritten
@@ -233,3 +233,17 @@ def test_tuned_thresholds_are_a_record_that_predict_then_uses(data, tmp_path, ca
     code = main.main(["predict", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(tmp_path / "x"), "--device", "cpu",
                       "--post", str(bad)])
     assert code == 2 and "bad.json: unknown post-processing fields ['fg_treshold']" in capsys.readouterr().err
+
+
+def test_tune_for_op_ctb_from_the_command_line(data, tmp_path, capsys):
+    """--tune OP_CTB tunes on every TRA frame (tracked) and says so in the record; an unknown objective is refused."""
+    import json
+    ckpt = checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "tuned"
+    assert main.main(["predict", "--checkpoint", str(ckpt), "--data", str(data), "--seq", "02", "--out", str(out),
+                      "--device", "cpu", "--tune", "OP_CTB"]) == 0
+    assert "OP_CTB" in capsys.readouterr().err
+    record = json.loads((tmp_path / "tuned.postprocessing.json").read_text())
+    assert record["tuned_on"]["objective"] == "OP_CTB" and record["tuned_on"]["frames"] == [0, 1, 2]
+    assert main.main(["predict", "--checkpoint", str(ckpt), "--data", str(data), "--tune", "TRA"]) == 2
+    assert "invalid choice: 'TRA'" in capsys.readouterr().err

@@ -375,3 +375,28 @@ def test_tuning_runs_on_the_working_grid_and_keeps_the_native_size_limits(tmp_pa
         return sum(j for j, _ in scores) / sum(n for _, n in scores)
 
     assert native_seg(post) >= best_native - 0.02
+
+
+def test_tuning_for_op_ctb_scores_what_the_written_result_scores(tmp_path):
+    """objective="OP_CTB": each candidate's masks are tracked and scored in memory; the score tune returns is
+    the OP_CTB that check_accuracy gives the result predicted with the chosen thresholds, and no lower than the
+    OP_CTB of the SEG-tuned thresholds (both are in the grid). Frames that are not consecutive are refused."""
+    from dataset import Sequence
+    from metrics import check_accuracy
+    root = write_dataset(tmp_path / "set", SynthConfig(shape=(16, 64, 64), frames=4, radius_xy=(6.0, 8.0)), seed=4)
+    seq = Sequence(root, "01")
+    grid = {"fg_threshold": (0.3, 0.6), "marker_threshold": (0.5, 0.7, 0.9)}
+    results = {}
+    for objective in ("SEG", "OP_CTB"):
+        p = predictor()
+        post, score = p.tune(seq, seq.frames, grid, progress=False, objective=objective)
+        out = p.predict_sequence(seq, tmp_path / f"{objective}_RES", progress=False)
+        results[objective] = (score, check_accuracy(out, seq.gt_dir, cache=False))
+    score, written = results["OP_CTB"]
+    assert score == pytest.approx(written["OP_CTB"], abs=1e-12)
+    assert written["OP_CTB"] >= results["SEG"][1]["OP_CTB"] - 1e-12
+    assert results["SEG"][0] == pytest.approx(results["SEG"][1]["SEG"], abs=1e-12)
+    with pytest.raises(UserError, match="OP_CTB tuning"):
+        predictor().tune(seq, [0, 2], grid, progress=False, objective="OP_CTB")
+    with pytest.raises(UserError, match="expected one of SEG, OP_CTB"):
+        predictor().tune(seq, [0], grid, progress=False, objective="TRA")
