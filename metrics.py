@@ -469,7 +469,7 @@ def _matching(res_dir: Path, mask_files, tra_files, seg_files, cache_path: Path 
     if fresh:
         sm = _match_folders(mask_files, tra_files, seg_files)
     else:
-        sm = SequenceMatching(**{k: cached[k] for k in SequenceMatching.__dataclass_fields__ if k != "seg"})
+        sm = SequenceMatching(**{k: cached[k] for k in SequenceMatching.__dataclass_fields__ if k not in ("seg", "volume_ratio")})
         if seg_key is not None and str(cached.get("seg_key")) == seg_key:
             sm.seg, sm.volume_ratio = tuple(cached["seg"].tolist()), cached["volume_ratio"]
         elif seg_key is not None:  # the TRA matching is known: read only the masks of the SEG frames

@@ -242,7 +242,8 @@ def test_tune_for_op_ctb_from_the_command_line(data, tmp_path, capsys):
     out = tmp_path / "tuned"
     assert main.main(["predict", "--checkpoint", str(ckpt), "--data", str(data), "--seq", "02", "--out", str(out),
                       "--device", "cpu", "--tune", "OP_CTB"]) == 0
-    assert "OP_CTB" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "on 3 frames" in captured.out and "OP_CTB" in captured.out
     record = json.loads((tmp_path / "tuned.postprocessing.json").read_text())
     assert record["tuned_on"]["objective"] == "OP_CTB" and record["tuned_on"]["frames"] == [0, 1, 2]
     assert main.main(["predict", "--checkpoint", str(ckpt), "--data", str(data), "--tune", "TRA"]) == 2
