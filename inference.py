@@ -339,6 +339,15 @@ DEFAULT_GRID = {
 }
 
 
+def tracked_score(masks: dict, tracks, tra_gt: dict, gt_tracks, seg_gt: dict, measure: str = "OP_CTB") -> float:
+    """A tracking measure (default OP_CTB) of tracked candidate masks {t: labels} (track rows `tracks`) against
+    the TRA ground truth of the same consecutive frames; `gt_tracks` is the whole sequence's table, cut here
+    to those frames (metrics.clip_tracks). The scorer of Predictor.tune(objective="OP_CTB")."""
+    frames = sorted(tra_gt)
+    window = metrics.clip_tracks(gt_tracks, frames[0], frames[-1])
+    return metrics.check_arrays(masks, tracks, tra_gt, window, seg_gt, metrics=(measure,))[measure]
+
+
 def tune_postprocessing(prob_pairs, gt_labels_list, grid: dict | None = None,
                         base: PostParams | None = None, voxel_size=None, score=None) -> tuple[PostParams, float]:
     """Grid-search PostParams for the best SEG over frames whose probabilities are already predicted.

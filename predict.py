@@ -38,7 +38,6 @@ from dataset3D import normalize, resample_image, resample_labels, resample_proba
 from errors import CheckpointError, ConfigError, UserError
 from inference import PostParams
 from plan import Plan
-from metrics import check_arrays, clip_tracks
 from results import write_tracked_result
 from tracking import TrackParams, track_sequence
 
@@ -387,11 +386,11 @@ class Predictor:
         score = None
         if objective == "OP_CTB":
             tra = {t: to_grid(seq.tra(t), t) for t in frames}
-            gt_tracks = clip_tracks(seq.tracks, frames[0], frames[-1])
+            gt_tracks = seq.tracks
 
             def score(labels):
                 relabelled, tracks = track_sequence(labels, frames, voxel_size, self.track)
-                return check_arrays(dict(relabelled), tracks, tra, gt_tracks, gts, metrics=("OP_CTB",))["OP_CTB"]
+                return inference.tracked_score(dict(relabelled), tracks, tra, gt_tracks, gts)
         else:  # only the frames with SEG ground truth count
             pairs = [pair for t, pair in zip(frames, pairs) if t in gts]
         best_post, best = inference.tune_postprocessing(pairs, list(gts.values()) if score is None else None,
