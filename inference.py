@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import watershed
 from tqdm import tqdm
 
@@ -216,6 +217,9 @@ class PostParams:
     keep_unmarked: a foreground component without any seed becomes one object (else it is dropped).
     elevation: the watershed surface: "interior" (-P(interior): cuts along the predicted boundary class) or
         "distance" (-distance to the outside of P(interior) > 0.5, in physical units: cuts at the necks).
+    marker_split: split a seed component that holds two distance peaks (two touching nuclei whose predicted
+        markers ran together) where its own distance map dips between them by more than this fraction of its
+        highest value (h-maxima, h = marker_split x peak); 0 turns it off. See `split_markers`.
     """
 
     fg_threshold: float = 0.5
@@ -225,10 +229,13 @@ class PostParams:
     min_size: int = 100
     keep_unmarked: bool = True
     elevation: str = "interior"
+    marker_split: float = 0.0
 
     def __post_init__(self):
         if self.elevation not in ("interior", "distance"):
             raise ValueError(f"elevation must be 'interior' or 'distance', got {self.elevation!r}")
+        if not 0 <= self.marker_split < 1:
+            raise ValueError(f"marker_split must be in [0, 1), got {self.marker_split!r}")
 
 
 def _numpy(array) -> np.ndarray:
@@ -241,6 +248,39 @@ def _elevation(interior: np.ndarray, region: np.ndarray, kind: str, sampling) ->
     if kind == "interior":
         return -interior
     return -ndimage.distance_transform_edt((interior > 0.5) & region, sampling=sampling)
+
+
+def split_markers(markers: np.ndarray, h_fraction: float, sampling=None, min_size: int = 1) -> tuple[np.ndarray, int]:
+    """Split seed components with more than one distance peak; returns (relabelled markers, their count).
+
+    A merged marker of two touching nuclei is two blobs joined by a neck: its distance transform (to the
+    outside of the component, physical units with `sampling`) has two maxima with a saddle between them.
+    Each component's maxima of dynamic above h = h_fraction x its highest distance (the regional maxima of
+    the h-maxima transform, which also tells two equally high peaks from one) seed a watershed on the negative distance inside the component; a component with one such maximum, or pieces
+    that would be under min_size voxels, stay whole. Components are handled in their bounding boxes.
+    """
+    out = np.zeros(markers.shape, np.int32)
+    count = 0
+    for box_id, box in enumerate(ndimage.find_objects(markers), 1):
+        if box is None:
+            continue
+        mine = markers[box] == box_id
+        padded = np.pad(mine, 1)  # a component touching the box edge still has its outside there
+        dist = ndimage.distance_transform_edt(padded, sampling=sampling)
+        flooded = reconstruction(dist - h_fraction * float(dist.max()), dist)  # each peak lowered by h ...
+        peaks, n_peaks = ndimage.label(local_maxima(flooded) & padded)  # ... the maxima left have dynamic > h
+        pieces = None
+        if n_peaks > 1:
+            pieces = watershed(-dist, peaks, mask=padded)[tuple(slice(1, -1) for _ in mine.shape)]
+            if np.bincount(pieces[mine])[1:].min() < min_size:
+                pieces = None
+        if pieces is None:
+            out[box][mine] = count + 1
+            count += 1
+        else:
+            out[box][mine] = pieces[mine] + count
+            count += int(pieces.max())
+    return out, count
 
 
 def _paste(target: np.ndarray, pieces: np.ndarray, free: np.ndarray, min_size: int, next_label: int) -> int:
@@ -289,6 +329,8 @@ def instances(seg_prob, marker_prob, params: PostParams | None = None, voxel_siz
     if p.marker_interior > 0:
         seeds &= interior > p.marker_interior
     markers, n_markers = ndimage.label(seeds)
+    if p.marker_split > 0 and n_markers:
+        markers, n_markers = split_markers(markers, p.marker_split, sampling, max(1, p.min_marker_size))
     components, n_components = ndimage.label(foreground)
 
     # which seeds are big enough, and the component each lies in: one pass over the seed voxels

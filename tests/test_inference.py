@@ -211,6 +211,51 @@ def test_each_component_is_split_by_its_own_seeds_and_tiny_seeds_are_ignored():
     assert instances(seg, marker, PostParams(min_marker_size=1, min_size=10)).max() == 5
 
 
+def _merged_marker(shape, centres, radii, fraction=0.35):
+    """A marker map in which the cores of touching balls run together along the line between them (what a
+    blurred prediction of two nuclei in contact looks like): each core plus a thin bridge between the centres."""
+    gt = _balls(shape, centres, radii)
+    seg, marker = _ideal_probabilities(gt, 1 - fraction)  # cores of 0.35 x the radius ... deeper than 0.65
+    bridge = np.zeros(gt.shape, bool)
+    a, b = np.asarray(centres[0]), np.asarray(centres[1])
+    for s in np.linspace(0, 1, 50):
+        bridge[tuple(np.round(a + s * (b - a)).astype(int))] = True
+    marker[0] = np.maximum(marker[0], ndimage.binary_dilation(bridge, iterations=1))
+    return gt, seg, marker
+
+
+def test_split_markers_cuts_two_joined_cores_and_keeps_single_ones_whole():
+    ball = _balls((30, 64, 60), [(15, 15, 20)], [8]) > 0
+    two = ball | np.roll(ball, 14, axis=2)  # two balls overlapping: one component with a neck
+    z, y, x = np.meshgrid(*[np.arange(n) for n in (30, 64, 60)], indexing="ij")
+    ellipsoid = ((z - 15) / 6) ** 2 + ((y - 45) / 6) ** 2 + ((x - 30) / 18) ** 2 <= 1  # 3:1, apart in y
+    markers = ndimage.label(two | ellipsoid)[0]
+    assert markers.max() == 2
+    out, n = inference.split_markers(markers, 0.1)
+    assert n == 3 and out.max() == 3 and np.array_equal(out > 0, markers > 0)
+    left, right = out[15, 15, 20], out[15, 15, 34]
+    assert left != right and left > 0 and right > 0
+    sizes = np.bincount(out.ravel())
+    assert abs(int(sizes[left]) - int(sizes[right])) < 0.1 * sizes[left]  # cut at the neck, near the middle
+    assert len(np.unique(out[ellipsoid])) == 1  # the elongated single core stays whole
+    assert inference.split_markers(markers, 0.1, min_size=int(sizes[left]) + 1)[1] == 2  # pieces too small
+    assert inference.split_markers(markers, 0.9)[1] == 2  # a neck shallower than h is no split
+
+
+def test_marker_split_separates_touching_nuclei_whose_markers_ran_together():
+    gt, seg, marker = _merged_marker((24, 24, 40), [(12, 12, 12), (12, 12, 26)], [8, 8])
+    assert ndimage.label(marker[0] > 0.5)[1] == 1  # one seed for two nuclei
+    assert instances(seg, marker, PostParams()).max() == 1  # merged without the split
+    out = instances(seg, marker, PostParams(marker_split=0.1))
+    assert out.max() == 2
+    assert all(max(_jaccard(out == label, gt == g) for g in (1, 2)) > 0.85 for label in (1, 2))
+    single = _balls((24, 24, 40), [(12, 12, 20)], [9])
+    seg1, marker1 = _ideal_probabilities(single)
+    assert instances(seg1, marker1, PostParams(marker_split=0.1)).max() == 1
+    with pytest.raises(ValueError, match="marker_split"):
+        PostParams(marker_split=1.0)
+
+
 def test_empty_probabilities_give_an_empty_label_image():
     seg = np.zeros((3, 6, 10, 12), np.float32)
     seg[0] = 1
