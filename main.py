@@ -96,6 +96,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voxel-size", type=POSITIVE, nargs="+", metavar="S",
                    help="x y [z] in micrometres (default: the TIFFs' metadata, else Fluo-N3DH-SIM+'s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--augment", choices=("default", "strong"),
+                   help="augmentation recipe instead of the script's TrainConfig.augment: default (AugmentConfig(), the "
+                        "tables' recipe) or strong (nnU-Net's pipeline: blur, low resolution, gamma, brightness, contrast, "
+                        "noise, gradient, rotation; AugmentConfig.strong)")
     p.add_argument("--out", help="run folder (default runs/<model>-<time>/)")
     p.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
                    help="continue a run: a checkpoint file, or (no value) last.pt in --out")

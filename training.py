@@ -89,7 +89,10 @@ class TrainConfig:
 
 #: TrainConfig fields that main.py's training flags set (flag --batch-size is field batch_size, ...).
 FLAGS = ("data", "train_seq", "val_seq", "labels", "val_data", "epochs", "steps_per_epoch", "batch_size", "lr", "crop_size", "device", "out",
-         "seed", "voxel_size")
+         "seed", "voxel_size", "augment")
+
+#: --augment NAME: the augmentation recipes the command line can pick (a train script can set any AugmentConfig).
+AUGMENT_RECIPES = {"default": AugmentConfig, "strong": AugmentConfig.strong}
 
 
 def given_flags(args) -> dict:
@@ -98,8 +101,11 @@ def given_flags(args) -> dict:
 
 
 def apply_overrides(cfg: TrainConfig, args) -> TrainConfig:
-    """Command-line flags replace the script's values where given."""
-    return replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in given_flags(args).items()})
+    """Command-line flags replace the script's values where given (--augment NAME: that AUGMENT_RECIPES recipe)."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in given_flags(args).items()}
+    if "augment" in values:
+        values["augment"] = AUGMENT_RECIPES[values["augment"]]()
+    return replace(cfg, **values)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:

@@ -252,3 +252,19 @@ def test_a_2d_data_set_trains_predicts_and_tracks_with_the_same_command(model, d
     check_track_folder(run / "02_RES", kind="mask", track_name="res_track.txt")
     assert tifffile.imread(run / "02_RES" / "mask000.tif").shape == (64, 64)
     assert "SEG" in json.loads((run / "scores.json").read_text())
+
+
+def test_augment_flag_picks_a_recipe_over_the_scripts_and_rejects_others(capsys):
+    """--augment strong replaces the script's augmentation by AugmentConfig.strong() (blur, low resolution, ...
+    switched on), --augment default by AugmentConfig(); without the flag the script's value stays; another name
+    is a one-line usage error naming the option."""
+    from dataset3D import AugmentConfig
+    script = TrainConfig(augment=AugmentConfig(blur_prob=0.5))
+    parser = main.build_parser()
+    strong = training.apply_overrides(script, parser.parse_args(["train", "--augment", "strong"]))
+    assert strong.augment == AugmentConfig.strong() and strong.augment.blur_prob > 0 and strong.augment.lowres_prob > 0
+    assert training.apply_overrides(script, parser.parse_args(["train", "--augment", "default"])).augment == AugmentConfig()
+    assert training.apply_overrides(script, parser.parse_args(["train"])).augment.blur_prob == 0.5
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--augment", "heavy"])
+    assert "--augment" in capsys.readouterr().err
