@@ -16,6 +16,8 @@ from dataset import Sequence
 from predict import Predictor
 from tracking import track_sequence
 from training import evenly_spaced
+if len(sys.argv) != 3:
+    sys.exit("usage: python bench/tuning.py RUN/best.pt DATA_ROOT")
 ckpt, root = sys.argv[1], sys.argv[2]
 p = Predictor.from_checkpoint(ckpt, "cpu")
 tr = Sequence(root, "01", p.voxel_size); va = Sequence(root, "02", p.voxel_size)
@@ -30,12 +32,10 @@ def score(post):
     masks = [inference.instances(*vprob[t], post, voxel_size=spacing) for t in frames]
     rel, tracks = track_sequence(masks, frames, spacing, p.track)
     return metrics.check_arrays(dict(rel), tracks, {t: va.tra(t) for t in frames}, va.tracks, {t: va.seg(t) for t in va.seg_frames})
-grids = {
- "default": inference.DEFAULT_GRID,
- "wide": {"fg_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "marker_threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)},
- "default+split": {**inference.DEFAULT_GRID, "marker_split": (0.0, 0.3, 0.5)},
- "wide+split": {"fg_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "marker_threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "marker_split": (0.0, 0.3, 0.5)},
-}
+WIDE = {"fg_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "marker_threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)}
+SPLIT = {"marker_split": (0.0, 0.3, 0.5)}
+grids = {"default": inference.DEFAULT_GRID, "wide": WIDE,
+         "default+split": {**inference.DEFAULT_GRID, **SPLIT}, "wide+split": {**WIDE, **SPLIT}}
 for name, g in grids.items():
     s = time.perf_counter()
     post, best = inference.tune_postprocessing(pairs, gts, g, base=p.post, voxel_size=spacing)
