@@ -11,10 +11,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 torch.set_num_threads(2)
-import inference, metrics
+import inference
+import postprocess  # bench/postprocess.py (this folder)
 from dataset import Sequence
 from predict import Predictor
-from tracking import track_sequence
 from training import evenly_spaced
 if len(sys.argv) != 3:
     sys.exit("usage: python bench/tuning.py RUN/best.pt DATA_ROOT")
@@ -27,11 +27,6 @@ spacing = p.spacing(len(tr.shape))
 pairs = [p.probabilities(tr.image(t)) for t in tf]
 gts = [tr.seg(t) for t in tf]
 vprob = {t: p.probabilities(va.image(t)) for t in va.frames}
-def score(post):
-    frames = sorted(vprob)
-    masks = [inference.instances(*vprob[t], post, voxel_size=spacing) for t in frames]
-    rel, tracks = track_sequence(masks, frames, spacing, p.track)
-    return metrics.check_arrays(dict(rel), tracks, {t: va.tra(t) for t in frames}, va.tracks, {t: va.seg(t) for t in va.seg_frames})
 WIDE = {"fg_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "marker_threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)}
 SPLIT = {"marker_split": (0.0, 0.3, 0.5)}
 grids = {"default": inference.DEFAULT_GRID, "wide": WIDE,
@@ -40,5 +35,5 @@ for name, g in grids.items():
     s = time.perf_counter()
     post, best = inference.tune_postprocessing(pairs, gts, g, base=p.post, voxel_size=spacing)
     dt = time.perf_counter() - s
-    m = score(post)
+    m = postprocess.score(p, va, vprob, post)  # tracked CTC scores, as bench/postprocess.py
     print(f"{name:14} tune {dt:6.1f}s train-SEG {best:.4f} fg {post.fg_threshold} mk {post.marker_threshold} split {post.marker_split} | 02: SEG {m['SEG']:.4f} DET {m['DET']:.4f} TRA {m['TRA']:.4f} NS {m['NS']} FP {m['FP']} VOL {m['VOL_median']:.3f}", flush=True)

@@ -261,6 +261,8 @@ def test_augment_flag_picks_a_recipe_over_the_scripts_and_rejects_others(capsys)
     from dataset3D import AugmentConfig
     script = TrainConfig(augment=AugmentConfig(blur_prob=0.5))
     parser = main.build_parser()
+    train = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions if a.dest == "augment")
+    assert set(train.choices) == set(training.AUGMENT_RECIPES)  # the flag offers exactly the recipes training knows
     strong = training.apply_overrides(script, parser.parse_args(["train", "--augment", "strong"]))
     assert strong.augment == AugmentConfig.strong() and strong.augment.blur_prob > 0 and strong.augment.lowres_prob > 0
     assert training.apply_overrides(script, parser.parse_args(["train", "--augment", "default"])).augment == AugmentConfig()
