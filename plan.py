@@ -11,8 +11,8 @@ fraction and intensities, and the track motion (TRA GT). The plan holds
   (native when it already spans 16-32), with z zoomed like y/x but never finer than native and never to
   fewer than MIN_Z_DIAMETER voxels per nucleus (coarse z stays coarse);
 - the training crop and the prediction window at that spacing (CROP_DIAMETERS nucleus diameters, 8 in 2D,
-  at least MIN_CROP_DIAMETERS, multiples of the model's divisor, no larger than the image where avoidable), and for a
-  ViT the patch size;
+  at least MIN_CROP_DIAMETERS, multiples of the model's divisor and of the size it pads its input to, no larger
+  than the image where avoidable), and for a ViT the patch size;
 - the post-processing size limits (smallest object, smallest marker) in voxels at the working spacing, from
   the GT volumes in um^3;
 - the tracking gates in um, from the measured displacements with a floor tied to the nucleus size.
@@ -437,11 +437,12 @@ def choose_patch_size(nucleus_vox, crop=None, max_patch: int = MAX_PATCH) -> tup
     return tuple(patch)
 
 
-def _axis_crop(d: float, image: int, div: int, diameters: float) -> int:
+def _axis_crop(d: float, image: int, div: int, diameters: float, pads: bool = False) -> int:
     """Training crop along one axis for a nucleus of d voxels in an image of `image` voxels: the multiple of
     the divisor nearest `diameters` nuclei (ties down), cut to the largest multiple inside the image, never
-    below MIN_CROP_DIAMETERS nuclei; an image smaller than that gives the whole image, padded up to the divisor."""
-    lo, fit = _round_up(MIN_CROP_DIAMETERS * d, div), _round_down(image, div)
+    below MIN_CROP_DIAMETERS nuclei; an image smaller than that gives the whole image, padded up to the divisor.
+    pads: the model pads its input up to `div` anyway, so the cut is the image padded up to it (same cost, more context)."""
+    lo, fit = _round_up(MIN_CROP_DIAMETERS * d, div), (_round_up if pads else _round_down)(image, div)
     want = max(div, int(math.floor(diameters * d / div + 0.5 - 1e-6)) * div)
     return max(lo, min(want, fit)) if fit >= lo else min(lo, _round_up(image, div))
 
@@ -591,7 +592,7 @@ def _given(overrides: dict | None, flags: dict | None) -> dict:
 
 
 def make_plan(fp: Fingerprint, model_divisor, overrides: dict | None = None, *, flags: dict | None = None,
-              plan_patch: bool = False) -> Plan:
+              plan_patch: bool = False, cheap_multiple=None) -> Plan:
     """The Plan of fingerprint `fp` for a model whose input sides must be multiples of `model_divisor`.
 
     model_divisor: int or one per spatial axis (array order), e.g. model.size_divisor.
@@ -599,6 +600,9 @@ def make_plan(fp: Fingerprint, model_divisor, overrides: dict | None = None, *, 
         wins over overrides). Keys: PLANNED; a value of None counts as not given. "spacing" is in um, array order.
     plan_patch: also plan a ViT patch (choose_patch_size) unless one is given; crops and windows are then
         multiples of it too. Without it, a given patch_size is recorded and used as a divisor.
+    cheap_multiple: int or one per axis, the sizes a model that pads its input inside computes on anyway
+        (model.pad_multiple): planned crops and windows are multiples of it, so no time goes into padding
+        (a 72-voxel crop costs Swin-UNETR a 96-voxel one). Given crops and windows need only fit model_divisor.
     Raises UserError for a bad value, naming it and where it came from.
     """
     ndim = int(fp.ndim)
@@ -653,6 +657,9 @@ def make_plan(fp: Fingerprint, model_divisor, overrides: dict | None = None, *, 
     else:
         sources["patch_size"] = "default"
     step = [math.lcm(d, p) for d, p in zip(divisor, patch)] if patch else divisor
+    pads = cheap_multiple is not None
+    cheap = _per_axis(cheap_multiple, ndim, "model pad multiple", integer=True) if pads else [1] * ndim
+    planned = [math.lcm(k, c) for k, c in zip(step, cheap)]  # planned sizes: no compute lost to padding
 
     # crop and window
     sizes = {}
@@ -664,10 +671,10 @@ def make_plan(fp: Fingerprint, model_divisor, overrides: dict | None = None, *, 
                                 f"(the model's size divisor{' and patch size' if patch else ''}) on every axis")
         elif name == "crop_size":
             diameters = CROP_DIAMETERS if ndim == 3 else CROP_DIAMETERS_2D
-            sizes[name] = [_axis_crop(d, n, k, diameters) for d, n, k in zip(nucleus, shape, step)]
+            sizes[name] = [_axis_crop(d, n, k, diameters, pads) for d, n, k in zip(nucleus, shape, planned)]
             sources[name] = "plan"
         else:
-            sizes[name] = [_axis_window(c, n, k) for c, n, k in zip(sizes["crop_size"], shape, step)]
+            sizes[name] = [_axis_window(c, n, k) for c, n, k in zip(sizes["crop_size"], shape, planned)]
             sources[name] = "plan"
 
     # post-processing sizes, from the 5th-percentile GT volume in um^3 (um^2 in 2D)

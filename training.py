@@ -273,14 +273,17 @@ class Trainer:
         cfg = self.cfg
         args = {"spatial_dims": fp.ndim, **cfg.model_args}
         vit = cfg.model == "vit_unet"
+        cheap = None
         if vit and "patch_size" not in args:
             divisor = (1,) * fp.ndim  # the plan chooses the patch, and crops that are multiples of it
         else:
-            divisor = build_model(cfg.model, **args).size_divisor  # before the seeded build: no effect on weights
+            probe = build_model(cfg.model, **args)  # before the seeded build: no effect on weights
+            divisor, cheap = probe.size_divisor, getattr(probe, "pad_multiple", None)
         given = {"crop_size": cfg.crop_size, "window": cfg.window, "spacing": cfg.spacing,
                  "patch_size": args.get("patch_size") if vit else None}
         data_plan = make_plan(fp, divisor, {k: v for k, v in given.items() if k not in self.flags},
-                              flags={k: v for k, v in self.flags.items() if k in given}, plan_patch=vit)
+                              flags={k: v for k, v in self.flags.items() if k in given}, plan_patch=vit,
+                              cheap_multiple=cheap)
         if vit:
             args.setdefault("patch_size", tuple(data_plan.patch_size))
             args.setdefault("img_size", tuple(data_plan.crop_size))

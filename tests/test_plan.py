@@ -252,6 +252,23 @@ def test_crop_and_window_are_valid_for_every_divisor(divisor, shape, voxel, diam
     assert all(c % q == 0 and w % q == 0 for c, w, q in zip(vit.crop_size, vit.window, vit.patch_size))
 
 
+def test_a_model_that_pads_inside_gets_crops_it_computes_on():
+    """cheap_multiple (model.pad_multiple): planned crops and windows are its multiples, so none of the model's
+    compute goes into its own padding (Swin-UNETR pads to 32: a 72-voxel crop would cost a 96-voxel one); a thin
+    z axis is taken whole, padded up; an explicit crop still only needs the size divisor."""
+    fp = make_fp((59, 350, 330), (0.125, 0.125, 0.2), 6.2, displacement_p99=1.0)
+    free = plan.make_plan(fp, (1, 1, 1))
+    swin = plan.make_plan(fp, (1, 1, 1), cheap_multiple=32)
+    assert free.crop_size[1] % 32 and swin.crop_size[1] % 32 == 0  # the plain plan would be padded by the model
+    assert all(c % 32 == 0 and w % 32 == 0 and w >= c for c, w in zip(swin.crop_size, swin.window))
+    assert swin.crop_size[0] == plan._round_up(swin.shape[0], 32) and swin.shape[0] % 32  # z: whole, padded
+    cost = lambda crop: np.prod([plan._round_up(c, 32) for c in crop])  # noqa: E731  (what the model computes on)
+    assert cost(swin.crop_size) < cost(free.crop_size)
+    assert all(c >= plan.MIN_CROP_DIAMETERS * 6.2 / s for c, s in zip(swin.crop_size[1:], swin.spacing[1:]))
+    given = plan.make_plan(fp, (1, 1, 1), {"crop_size": (29, 72, 72)}, cheap_multiple=32)
+    assert given.crop_size == [29, 72, 72] and given.sources["crop_size"] == "config"
+
+
 def test_choose_patch_size():
     assert plan.choose_patch_size((12, 19, 19)) == (8, 16, 16)
     assert plan.choose_patch_size((15, 24, 24)) == (8, 16, 16)

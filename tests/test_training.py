@@ -67,18 +67,21 @@ def test_tiny_run_learns_above_a_floor(data, tmp_path):
     assert scores["SEG"] > 0.35 and scores["DET"] > 0.8 and scores["TRA"] > 0.75, scores
 
 
-def test_the_plan_resamples_large_nuclei_and_results_keep_the_native_shape(tmp_path):
+def test_the_plan_resamples_large_nuclei_and_results_keep_the_native_shape(tmp_path, monkeypatch):
     """Nuclei of ~48 px across (the real SIM+ scale in x/y) are planned at a coarser working spacing: training
     crops come from resampled volumes, prediction resamples and comes back, and every value's source is
     recorded in plan.json and in the checkpoint."""
     big = write_dataset(tmp_path / "big", replace(preset_config("sim+"), shape=(40, 128, 128), frames=2), seed=2)
     cfg = replace(tiny(big, tmp_path / "run"), crop_size=None, spacing=None)
+    seen, make_plan = {}, training.make_plan
+    monkeypatch.setattr(training, "make_plan", lambda *a, **k: seen.update(k) or make_plan(*a, **k))
     scores = training.train(cfg, flags={"epochs": 2})
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     state = load_checkpoint(tmp_path / "run" / "best.pt")
     assert state["plan"] == plan and plan["sources"]["crop_size"] == "plan" and plan["sources"]["spacing"] == "plan"
     assert plan["spacing"][1] > 0.125 * 1.5  # coarser in x/y than the native 0.125 µm
     assert state["train_config"]["crop_size"] == plan["crop_size"]
+    assert seen["cheap_multiple"] == (2, 4, 4)  # the U-Net's pad_multiple: crops it does not pad (test_plan)
     masks = sorted((tmp_path / "run" / "02_RES").glob("mask*.tif"))
     assert masks and all(tifffile.imread(m).shape == (40, 128, 128) for m in masks) and 0 <= scores["SEG"] <= 1
     predictor = Predictor.from_checkpoint(tmp_path / "run" / "best.pt", "cpu")
