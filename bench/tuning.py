@@ -1,39 +1,54 @@
-"""Which tuning grid to search: each grid is tuned (for SEG) on 3 evenly spaced frames of 01, as a training run
-tunes, and the thresholds found are scored, tracked, on the whole of 02 (SEG, DET, TRA, merges NS, FP, volume).
+"""Which tuning grid to search, on how many frames: each grid is tuned (for SEG) on N evenly spaced frames of 01,
+as a training run tunes (tune_frames, 3 by default), and the thresholds found are scored, tracked, on the whole of
+02 (SEG, DET, TRA, merges NS, FP, volume).
 
-    python bench/tuning.py RUN/best.pt DATA_ROOT
+    python bench/tuning.py RUN/best.pt DATA_ROOT [--frames 3 10]
 
-Grids: the default (fg 0.3-0.7 x marker 0.2-0.7), a wide one (fg 0.3-0.9 x marker 0.2-0.9), and each with
-marker_split searched too (0, 0.3, 0.5). Tuning seconds are the grid search's (the probabilities are predicted once).
+Grids: fg 0.3-0.7 x marker 0.2-0.7 alone ("thresholds"), the default (inference.DEFAULT_GRID: the same with
+marker_split 0, 0.3, 0.5), and a wide one (fg 0.3-0.9 x marker 0.2-0.9, split searched). Tuning seconds are the
+grid search's (the probabilities are predicted once).
 """
-import sys, time
+import argparse
+import sys
+import time
 from pathlib import Path
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import torch
+import torch  # noqa: E402
+
+import inference  # noqa: E402
+import postprocess  # noqa: E402  (bench/postprocess.py, this folder)
+from dataset import Sequence  # noqa: E402
+from predict import Predictor  # noqa: E402
+from training import evenly_spaced  # noqa: E402
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("checkpoint")
+parser.add_argument("data")
+parser.add_argument("--frames", type=int, nargs="+", default=[3], help="tuning frame counts to compare")
+args = parser.parse_args()
 torch.set_num_threads(2)
-import inference
-import postprocess  # bench/postprocess.py (this folder)
-from dataset import Sequence
-from predict import Predictor
-from training import evenly_spaced
-if len(sys.argv) != 3:
-    sys.exit("usage: python bench/tuning.py RUN/best.pt DATA_ROOT")
-ckpt, root = sys.argv[1], sys.argv[2]
-p = Predictor.from_checkpoint(ckpt, "cpu")
-tr = Sequence(root, "01", p.voxel_size); va = Sequence(root, "02", p.voxel_size)
-tf = list(evenly_spaced(tr.seg_files, 3))
-print("tune frames", tf)
+p = Predictor.from_checkpoint(args.checkpoint, "cpu")
+tr, va = Sequence(args.data, "01", p.voxel_size), Sequence(args.data, "02", p.voxel_size)
 spacing = p.spacing(len(tr.shape))
-pairs = [p.probabilities(tr.image(t)) for t in tf]
-gts = [tr.seg(t) for t in tf]
+probs = {}
 vprob = {t: p.probabilities(va.image(t)) for t in va.frames}
-WIDE = {"fg_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "marker_threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)}
 SPLIT = {"marker_split": (0.0, 0.3, 0.5)}
-grids = {"default": inference.DEFAULT_GRID, "wide": WIDE,
-         "default+split": {**inference.DEFAULT_GRID, **SPLIT}, "wide+split": {**WIDE, **SPLIT}}
-for name, g in grids.items():
-    s = time.perf_counter()
-    post, best = inference.tune_postprocessing(pairs, gts, g, base=p.post, voxel_size=spacing)
-    dt = time.perf_counter() - s
-    m = postprocess.score(p, va, vprob, post)  # tracked CTC scores, as bench/postprocess.py
-    print(f"{name:14} tune {dt:6.1f}s train-SEG {best:.4f} fg {post.fg_threshold} mk {post.marker_threshold} split {post.marker_split} | 02: SEG {m['SEG']:.4f} DET {m['DET']:.4f} TRA {m['TRA']:.4f} NS {m['NS']} FP {m['FP']} VOL {m['VOL_median']:.3f}", flush=True)
+THRESHOLDS = {k: v for k, v in inference.DEFAULT_GRID.items() if k not in SPLIT}
+WIDE = {"fg_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "marker_threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+        **SPLIT}
+grids = {"thresholds": THRESHOLDS, "default": inference.DEFAULT_GRID, "wide": WIDE}
+for n in args.frames:
+    tf = list(evenly_spaced(tr.seg_files, n))
+    for t in tf:
+        if t not in probs:
+            probs[t] = p.probabilities(tr.image(t))
+    pairs, gts = [probs[t] for t in tf], [tr.seg(t) for t in tf]
+    for name, g in grids.items():
+        s = time.perf_counter()
+        post, best = inference.tune_postprocessing(pairs, gts, g, base=p.post, voxel_size=spacing)
+        dt = time.perf_counter() - s
+        m = postprocess.score(p, va, vprob, post)  # tracked CTC scores, as bench/postprocess.py
+        print(f"{n:2} frames {name:10} tune {dt:6.1f}s train-SEG {best:.4f} fg {post.fg_threshold} "
+              f"mk {post.marker_threshold} split {post.marker_split} | 02: SEG {m['SEG']:.4f} DET {m['DET']:.4f} "
+              f"TRA {m['TRA']:.4f} NS {m['NS']} FP {m['FP']} VOL {m['VOL_median']:.3f}", flush=True)
