@@ -206,7 +206,8 @@ def test_demo_scale_keeps_the_native_grid_and_todays_sizes():
     p = plan.make_plan(fp, (1, 1, 1), plan_patch=True)
     assert not p.resamples and p.spacing == [0.2, 0.125, 0.125] and p.shape == [32, 128, 128]
     assert p.patch_size == [8, 16, 16] and p.crop_size == [32, 64, 64] and p.window == [32, 64, 64]
-    assert p.min_size == pytest.approx(100, rel=0.2) and p.min_marker_size == pytest.approx(10, rel=0.2)
+    assert p.min_size == pytest.approx(1000 * plan.MIN_SIZE_FRACTION, rel=0.2)  # p5 volume: about 1000 voxels
+    assert p.min_marker_size == pytest.approx(10, rel=0.2)
     assert p.max_distance == pytest.approx(plan.GATE_FLOOR * 2.37) and p.division_distance >= p.max_distance
 
 
