@@ -9,6 +9,7 @@ marker_split 0, 0.3, 0.5), and a wide one (fg 0.3-0.9 x marker 0.2-0.9, split se
 grid search's (the probabilities are predicted once).
 """
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -46,7 +47,8 @@ for n in args.frames:
     pairs, gts = [probs[t] for t in tf], [tr.seg(t) for t in tf]
     for name, g in grids.items():
         s = time.perf_counter()
-        post, best = inference.tune_postprocessing(pairs, gts, g, base=p.post, voxel_size=spacing)
+        base = dataclasses.replace(p.post, marker_split=0.0)  # "thresholds" is split-free even if the run's record is not
+        post, best = inference.tune_postprocessing(pairs, gts, g, base=base, voxel_size=spacing)
         dt = time.perf_counter() - s
         m = postprocess.score(p, va, vprob, post)  # tracked CTC scores, as bench/postprocess.py
         print(f"{n:2} frames {name:10} tune {dt:6.1f}s train-SEG {best:.4f} fg {post.fg_threshold} "
