@@ -34,7 +34,7 @@ tr, va = Sequence(args.data, "01", p.voxel_size), Sequence(args.data, "02", p.vo
 spacing = p.spacing(len(tr.shape))
 probs = {}
 vprob = {t: p.probabilities(va.image(t)) for t in va.frames}
-SPLIT = {"marker_split": (0.0, 0.3, 0.5)}
+SPLIT = {"marker_split": inference.DEFAULT_GRID["marker_split"]}
 THRESHOLDS = {k: v for k, v in inference.DEFAULT_GRID.items() if k not in SPLIT}
 WIDE = {"fg_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "marker_threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
         **SPLIT}
