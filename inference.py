@@ -261,10 +261,15 @@ def split_markers(markers: np.ndarray, h_fraction: float, sampling=None, min_siz
     """
     out = np.zeros(markers.shape, np.int32)
     count = 0
+    sizes = np.bincount(markers.ravel())
     for box_id, box in enumerate(ndimage.find_objects(markers), 1):
         if box is None:
             continue
         mine = markers[box] == box_id
+        if sizes[box_id] < 2 * min_size:  # no two pieces of min_size fit: whole, without the transforms
+            out[box][mine] = count + 1
+            count += 1
+            continue
         padded = np.pad(mine, 1)  # a component touching the box edge still has its outside there
         dist = ndimage.distance_transform_edt(padded, sampling=sampling)
         flooded = reconstruction(dist - h_fraction * float(dist.max()), dist)  # each peak lowered by h ...
