@@ -5,10 +5,11 @@ augmentation; each variant's watershed is then run on those probabilities, track
 CTC measures against the sequence's GT (SEG, DET, TRA, the merges NS, the median result/reference volume).
 Variants: the checkpoint's own thresholds (its best.postprocessing.json, else the plan's defaults), with
 marker splitting (`PostParams.marker_split`) at each --split value, the largest split with the smallest-object
-limit scaled by each --min-size-scale (false positives in haze are small), and the same with TTA. The seconds are
+limit scaled by each --min-size-scale (false positives in haze are small), with --drop-unmarked the largest
+split dropping foreground components that hold no marker (`keep_unmarked=False`), and the same with TTA. The seconds are
 the sliding window's per frame (mean), so TTA's cost is shown beside its gain.
 
-    python bench/postprocess.py --checkpoint RUN/best.pt --data ROOT --seq 02 [--split 0.1 0.2] [--min-size-scale 2 4] [--tta]
+    python bench/postprocess.py --checkpoint RUN/best.pt --data ROOT --seq 02 [--split 0.1 0.2] [--min-size-scale 2 4] [--drop-unmarked] [--tta]
 """
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seq", default="02")
     parser.add_argument("--split", type=float, nargs="*", default=[0.1, 0.2, 0.3], help="marker_split values")
     parser.add_argument("--min-size-scale", type=float, nargs="*", default=[], help="min_size multipliers (at the largest split)")
+    parser.add_argument("--drop-unmarked", action="store_true",
+                        help="also the largest split with foreground components without a marker dropped")
     parser.add_argument("--tta", action="store_true", help="also predict with mirror test-time augmentation")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -70,6 +73,10 @@ def main(argv=None) -> int:
         for k in args.min_size_scale:
             post = dataclasses.replace(base, marker_split=split, min_size=int(round(base.min_size * k)))
             rows.append((f"{'TTA, ' if tta else ''}split {split:g}, min_size x{k:g}", seconds[tta],
+                         score(predictor, seq, probs[tta], post)))
+        if args.drop_unmarked:
+            post = dataclasses.replace(base, marker_split=split, keep_unmarked=False)
+            rows.append((f"{'TTA, ' if tta else ''}split {split:g}, drop unmarked", seconds[tta],
                          score(predictor, seq, probs[tta], post)))
     print(f"{seq.image_dir}: {len(seq.frames)} frames of {'x'.join(map(str, seq.shape))}; thresholds {base}")
     print(f"{'variant':28} {'s/frame':>8} {'SEG':>7} {'DET':>7} {'TRA':>7} {'NS':>4} {'FN':>4} {'FP':>4} {'EA':>4} {'VOL':>6}")
