@@ -287,6 +287,19 @@ def kill_when(proc, condition, timeout=120.0, send=signal.SIGKILL):
     proc.wait(timeout=60)
 
 
+def frames_cached_by(proc, cache) -> int:
+    """Frames in the cache written since `proc` took its lock: the killed run's left-overs, older than the
+    lock, are not counted (the new run empties them only after taking the lock)."""
+    try:
+        lock = cache / ".lock"
+        if lock.read_text().strip() != str(proc.pid):
+            return 0
+        taken = lock.stat().st_mtime_ns
+        return sum(1 for p in cache.glob("t*.npy") if p.stat().st_mtime_ns >= taken)
+    except (OSError, ValueError):
+        return 0  # not there yet, or removed while we looked
+
+
 def test_kill_9_or_ctrl_c_during_track_predict_and_synth_overwrite_loses_nothing(tmp_path, capsys):
     big = tmp_path / "big"
     assert run(capsys, "synth", "--out", big, "--frames", "30", "--shape", "16,96,96")[0] == 0
@@ -307,9 +320,7 @@ def test_kill_9_or_ctrl_c_during_track_predict_and_synth_overwrite_loses_nothing
     for sig in (signal.SIGKILL, signal.SIGINT):
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         cache = tmp_path / ".res.cache"  # the frames segmented so far (scaleout.py), held by this run's pid
-        started = lambda: (cache / ".lock").is_file() and (cache / ".lock").read_text().strip() == str(proc.pid) \
-            and len(list(cache.glob("t*.npy"))) > 2  # noqa: E731
-        kill_when(proc, started, send=sig)
+        kill_when(proc, lambda: frames_cached_by(proc, cache) > 2, send=sig)
         assert digest(tmp_path / "res") == old and digest(big) == before
         if sig == signal.SIGINT:
             assert proc.returncode == 130 and "interrupted" in proc.stderr.read()
