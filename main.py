@@ -196,12 +196,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, config=None) -> int:
+    """Run one parsed command; `config` (train only): the TrainConfig to train, default the --model script's."""
     if args.command == "train":
         import importlib
 
         from training import train_from_cli
-        return train_from_cli(importlib.import_module(MODELS[args.model]).CONFIG, args)
+        return train_from_cli(config or importlib.import_module(MODELS[args.model]).CONFIG, args)
     if args.command == "synth":
         from cli import synth_command
         return synth_command(args)
@@ -223,13 +224,13 @@ def run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, config=None) -> int:
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
     except SystemExit as stop:  # a bad flag (one line on stderr) or --help: return its code, as for a UserError
         return stop.code if isinstance(stop.code, int) else 2
     try:
-        return run(args)
+        return run(args, config)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -255,8 +256,9 @@ def describe_os_error(err: OSError) -> str:
 
 
 def run_script(config) -> int:
-    """`python train_X.py [flags]` is `python main.py --model X [flags]` with that script's CONFIG."""
-    return main(["train", "--model", config.model, *sys.argv[1:]])
+    """`python train_X.py [flags]` is `python main.py --model X [flags]` with that script's CONFIG (so a copy of
+    a train script, edited, trains its own values)."""
+    return main(["train", "--model", config.model, *sys.argv[1:]], config)
 
 
 if __name__ == "__main__":

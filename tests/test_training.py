@@ -239,6 +239,19 @@ def test_each_train_script_trains_on_its_own_with_its_own_model(script, model, d
     assert main.MODELS[model] == script.removesuffix(".py")
 
 
+def test_a_copied_train_script_trains_its_own_config(monkeypatch):
+    """A copy of train3D.py with an edited CONFIG (a user's experiment) trains that CONFIG, not train3D.py's;
+    `main.py --model unet` still trains train3D.py's."""
+    import train3D
+    seen = []
+    monkeypatch.setattr(training, "train_from_cli", lambda cfg, args: seen.append((cfg, args.epochs)) or 0)
+    edited = replace(train3D.CONFIG, epochs=train3D.CONFIG.epochs + 7, model_args={**train3D.CONFIG.model_args, "features": (8, 16)})
+    monkeypatch.setattr(sys, "argv", ["my_train.py", "--epochs", "2"])
+    assert main.run_script(edited) == 0
+    assert seen[-1][0] is edited and seen[-1][1] == 2  # its CONFIG, the flags on top as for any script
+    assert main.main(["--model", "unet"]) == 0 and seen[-1][0] is train3D.CONFIG
+
+
 @pytest.fixture(scope="module")
 def data_2d(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("synth2d") / "set", SynthConfig(shape=(64, 64), frames=3), seed=4)
