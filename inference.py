@@ -266,19 +266,8 @@ def split_markers(markers: np.ndarray, h_fraction: float, sampling=None, min_siz
         if box is None:
             continue
         mine = markers[box] == box_id
-        if sizes[box_id] < 2 * min_size:  # no two pieces of min_size fit: whole, without the transforms
-            out[box][mine] = count + 1
-            count += 1
-            continue
-        padded = np.pad(mine, 1)  # a component touching the box edge still has its outside there
-        dist = ndimage.distance_transform_edt(padded, sampling=sampling)
-        flooded = reconstruction(dist - h_fraction * float(dist.max()), dist)  # each peak lowered by h ...
-        peaks, n_peaks = ndimage.label(local_maxima(flooded) & padded)  # ... the maxima left have dynamic > h
-        pieces = None
-        if n_peaks > 1:
-            pieces = watershed(-dist, peaks, mask=padded)[tuple(slice(1, -1) for _ in mine.shape)]
-            if np.bincount(pieces[mine])[1:].min() < min_size:
-                pieces = None
+        # no two pieces of min_size fit a smaller component: whole, without the transforms
+        pieces = _neck_pieces(mine, h_fraction, sampling, min_size) if sizes[box_id] >= 2 * min_size else None
         if pieces is None:
             out[box][mine] = count + 1
             count += 1
@@ -286,6 +275,19 @@ def split_markers(markers: np.ndarray, h_fraction: float, sampling=None, min_siz
             out[box][mine] = pieces[mine] + count
             count += int(pieces.max())
     return out, count
+
+
+def _neck_pieces(mine: np.ndarray, h_fraction: float, sampling, min_size: int) -> np.ndarray | None:
+    """The pieces (labels 1..n, on mine's box) of one marker component cut at its necks, or None where it
+    stays whole (one peak of dynamic above h, or a piece under min_size voxels): see split_markers."""
+    padded = np.pad(mine, 1)  # a component touching the box edge still has its outside there
+    dist = ndimage.distance_transform_edt(padded, sampling=sampling)
+    flooded = reconstruction(dist - h_fraction * float(dist.max()), dist)  # each peak lowered by h ...
+    peaks, n_peaks = ndimage.label(local_maxima(flooded) & padded)  # ... the maxima left have dynamic > h
+    if n_peaks < 2:
+        return None
+    pieces = watershed(-dist, peaks, mask=padded)[tuple(slice(1, -1) for _ in mine.shape)]
+    return None if np.bincount(pieces[mine])[1:].min() < min_size else pieces
 
 
 def _paste(target: np.ndarray, pieces: np.ndarray, free: np.ndarray, min_size: int, next_label: int) -> int:

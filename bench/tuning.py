@@ -39,6 +39,7 @@ THRESHOLDS = {k: v for k, v in inference.DEFAULT_GRID.items() if k not in SPLIT}
 WIDE = {"fg_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), "marker_threshold": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
         **SPLIT}
 grids = {"thresholds": THRESHOLDS, "default": inference.DEFAULT_GRID, "wide": WIDE}
+base = dataclasses.replace(p.post, marker_split=0.0)  # "thresholds" is split-free even if the run's record is not
 for n in args.frames:
     tf = list(evenly_spaced(tr.seg_files, n))
     for t in tf:
@@ -47,7 +48,6 @@ for n in args.frames:
     pairs, gts = [probs[t] for t in tf], [tr.seg(t) for t in tf]
     for name, g in grids.items():
         s = time.perf_counter()
-        base = dataclasses.replace(p.post, marker_split=0.0)  # "thresholds" is split-free even if the run's record is not
         post, best = inference.tune_postprocessing(pairs, gts, g, base=base, voxel_size=spacing)
         dt = time.perf_counter() - s
         m = postprocess.score(p, va, vprob, post)  # tracked CTC scores, as bench/postprocess.py
