@@ -207,7 +207,8 @@ def sliding_window(predictor, volume, roi_size, overlap: float = 0.5, sw_batch_s
 class PostParams:
     """Thresholds of `instances`. The defaults suit calibrated probabilities; on synthetic SIM+-like probability
     maps (bench/inference.py's, smoothed and noisy) a grid over fg/marker threshold 0.4-0.6 and min_marker_size
-    1-50 found nothing better. `tune_postprocessing` (`main.py predict --tune`) fits them to a sequence's GT.
+    1-50 found nothing better, and on trained checkpoints they beat thresholds tuned on the training frames
+    (bench/tune_source.py, README). `tune_postprocessing` (`main.py predict --tune`) fits them to a sequence's GT.
 
     fg_threshold: foreground where 1 - P(background) exceeds it.
     marker_threshold: seeds where the marker probability exceeds it (inside the foreground).
@@ -219,7 +220,8 @@ class PostParams:
         "distance" (-distance to the outside of P(interior) > 0.5, in physical units: cuts at the necks).
     marker_split: split a seed component that holds two distance peaks (two touching nuclei whose predicted
         markers ran together) where its own distance map dips between them by more than this fraction of its
-        highest value (h-maxima, h = marker_split x peak); 0 turns it off. See `split_markers`.
+        highest value (h-maxima, h = marker_split x peak); 0 turns it off. See `split_markers`. 0.3 by default: it
+        cut merges on every preset (demo, sim+, hard) and 0.1-0.2 over-split (README).
     """
 
     fg_threshold: float = 0.5
@@ -229,7 +231,7 @@ class PostParams:
     min_size: int = 100
     keep_unmarked: bool = True
     elevation: str = "interior"
-    marker_split: float = 0.0
+    marker_split: float = 0.3
 
     def __post_init__(self):
         if self.elevation not in ("interior", "distance"):

@@ -4,8 +4,8 @@ Data: random crops of the training sequence (dataset3D). Loss: losses.combined_l
 linear warm-up then cosine decay per step, gradient clipping, bf16 autocast on CUDA. Every
 `val_every` epochs: whole-volume prediction of some validation frames and their SEG. Checkpoints
 `last.pt` (every epoch) and `best.pt` (best validation SEG), written atomically with everything a
-resume needs. At the end: thresholds tuned on training frames, the whole validation sequence
-predicted and tracked into a CTC result folder, and SEG / DET / TRA printed.
+resume needs. At the end: the whole validation sequence predicted (the default watershed thresholds, or
+with tune_frames those tuned on training frames) and tracked into a CTC result folder, and SEG / DET / TRA printed.
 
 Run under `torchrun --nproc_per_node=N` for DistributedDataParallel (NCCL on GPU, gloo on CPU);
 rank 0 alone validates, logs and saves.
@@ -69,7 +69,8 @@ class TrainConfig:
     core_fraction: float = 0.35              # marker target: voxels at least this fraction of the way to the centre
     val_every: int = 5                       # validate every this many epochs (and after the last)
     val_frames: int = 2                      # validation frames scored per validation (evenly spaced)
-    tune_frames: int = 3                     # training frames used to tune the watershed thresholds at the end
+    tune_frames: int = 0                     # training frames to tune the watershed thresholds on at the end; 0: the
+                                             # defaults (tuned on frames it trained on, they scored worse on new data: README)
     tune_objective: str = "SEG"              # ... for "SEG", or "OP_CTB" (then tune_frames consecutive frames, tracked)
     overlap: float = 0.25                    # sliding-window overlap for validation and final prediction
     num_workers: int = -1                    # data-loader workers; -1: as many as the CPU count allows (max 8)
@@ -438,25 +439,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ final report
     def final_report(self) -> dict:
-        """Best model → thresholds tuned on training frames (kept as best.postprocessing.json) → validation
-        sequence predicted, tracked and scored into <seq>_RES and scores.json."""
+        """Best model → (with tune_frames, thresholds tuned on training frames, kept as best.postprocessing.json)
+        → validation sequence predicted, tracked and scored into <seq>_RES and scores.json."""
         from metrics import format_table
         from utils import check_accuracy
         cfg, out, val_seq = self.cfg, self.out, self.val_seq
         best_path = out / "best.pt" if (out / "best.pt").exists() else out / "last.pt"
         predictor = Predictor.from_checkpoint(best_path, self.device, amp=self.amp)
-        if cfg.tune_objective == "OP_CTB":  # a consecutive run from the middle of the sequence
-            frames = sorted(self.train_seq.tra_files)
-            start = max(0, (len(frames) - cfg.tune_frames) // 2)
-            tune_frames = frames[start:start + cfg.tune_frames]
-        else:
-            tune_frames = evenly_spaced(self.train_seq.seg_files, cfg.tune_frames)
-        post, seg = predictor.tune(self.train_seq, tune_frames, objective=cfg.tune_objective)
-        save_post_record(post_record_path(best_path), post, seg, predictor.checkpoint_id,
-                         {"data": str(self.train_seq.image_dir), "frames": tune_frames, "objective": cfg.tune_objective})
+        if cfg.tune_frames > 0:
+            self.tune(predictor, best_path)
         res_dir = out / f"{val_seq.seq}_RES"
         predictor.predict_sequence(val_seq, res_dir, overwrite=True)
-        scores = {"checkpoint": str(best_path), "post": asdict(post)}
+        scores = {"checkpoint": str(best_path), "post": asdict(predictor.post)}
         if val_seq.has_gt:
             if isinstance(val_seq, Sequence):
                 scores.update(check_accuracy(res_dir, val_seq.gt_dir))
@@ -466,6 +460,20 @@ class Trainer:
         write_json(out / "scores.json", scores)
         return scores
 
+
+    def tune(self, predictor: Predictor, best_path: Path) -> None:
+        """Tune the predictor's thresholds on `tune_frames` training frames and keep them as best.postprocessing.json
+        (opt-in: the network has fit these frames, so what suits them may not suit new data)."""
+        cfg = self.cfg
+        if cfg.tune_objective == "OP_CTB":  # a consecutive run from the middle of the sequence
+            frames = sorted(self.train_seq.tra_files)
+            start = max(0, (len(frames) - cfg.tune_frames) // 2)
+            tune_frames = frames[start:start + cfg.tune_frames]
+        else:
+            tune_frames = evenly_spaced(self.train_seq.seg_files, cfg.tune_frames)
+        post, seg = predictor.tune(self.train_seq, tune_frames, objective=cfg.tune_objective)
+        save_post_record(post_record_path(best_path), post, seg, predictor.checkpoint_id,
+                         {"data": str(self.train_seq.image_dir), "frames": tune_frames, "objective": cfg.tune_objective})
 
 RUN_FILES = ("last.pt", "best.pt", "config.json", "plan.json", "history.csv", "scores.json", "figures",
              "best.postprocessing.json")

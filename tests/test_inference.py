@@ -245,13 +245,15 @@ def test_split_markers_cuts_two_joined_cores_and_keeps_single_ones_whole():
 def test_marker_split_separates_touching_nuclei_whose_markers_ran_together():
     gt, seg, marker = _merged_marker((24, 24, 40), [(12, 12, 12), (12, 12, 26)], [8, 8])
     assert ndimage.label(marker[0] > 0.5)[1] == 1  # one seed for two nuclei
-    assert instances(seg, marker, PostParams()).max() == 1  # merged without the split
-    out = instances(seg, marker, PostParams(marker_split=0.1))
-    assert out.max() == 2
-    assert all(max(_jaccard(out == label, gt == g) for g in (1, 2)) > 0.85 for label in (1, 2))
+    assert instances(seg, marker, PostParams(marker_split=0)).max() == 1  # merged without the split
+    for params in (PostParams(marker_split=0.1), PostParams()):  # the default splits too (0.3)
+        out = instances(seg, marker, params)
+        assert out.max() == 2
+        assert all(max(_jaccard(out == label, gt == g) for g in (1, 2)) > 0.85 for label in (1, 2))
     single = _balls((24, 24, 40), [(12, 12, 20)], [9])
     seg1, marker1 = _ideal_probabilities(single)
     assert instances(seg1, marker1, PostParams(marker_split=0.1)).max() == 1
+    assert instances(seg1, marker1, PostParams()).max() == 1
     with pytest.raises(ValueError, match="marker_split"):
         PostParams(marker_split=1.0)
 

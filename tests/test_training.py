@@ -1,5 +1,6 @@
 """Training: a tiny run end to end, kill -9 and resume, DDP with two CPU processes, and bad input."""
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -58,6 +59,19 @@ def test_tiny_run_writes_checkpoints_history_and_a_valid_ctc_result(data, tmp_pa
     assert Predictor.from_checkpoint(run / "best.pt", "cpu").post == PostParams(**scores["post"])
     check_track_folder(run / "02_RES", kind="mask", track_name="res_track.txt")
     assert 0 <= scores["SEG"] <= 1 and 0 <= scores["TRA"] <= 1 and "DET" in scores
+
+
+def test_by_default_the_final_report_keeps_the_default_thresholds_and_tunes_nothing(data, tmp_path, monkeypatch):
+    # tune_frames=0 is the default: no tuning on frames the network has fit, no post-processing record, and the
+    # validation result is made with the plan's size limits and PostParams' defaults (the split on)
+    assert TrainConfig().tune_frames == 0
+    monkeypatch.setattr(Predictor, "tune", lambda *a, **k: pytest.fail("tuned although tune_frames is 0"))
+    scores = training.train(tiny(data, tmp_path / "run", tune_frames=0))
+    run = tmp_path / "run"
+    assert not (run / "best.postprocessing.json").exists()
+    predictor = Predictor.from_checkpoint(run / "best.pt", "cpu")
+    assert predictor.post == PostParams(**predictor.plan.size_limits(native=True))
+    assert scores["post"] == dataclasses.asdict(predictor.post) and scores["post"]["marker_split"] == 0.3
 
 
 def test_tiny_run_learns_above_a_floor(data, tmp_path):
