@@ -63,13 +63,15 @@ MIN_Z_DIAMETER = 12.0           # z voxels the median nucleus keeps when z is zo
 CROP_DIAMETERS = 3.0            # training crop, nucleus diameters per axis (3D) ...
 CROP_DIAMETERS_2D = 8.0         # ... and in 2D, where pixels are cheap (Cellpose and StarDist train on 7-12)
 MIN_CROP_DIAMETERS = 1.5        # ... never fewer, where the image is large enough
+MAX_CROP_VOXELS = 32 * 64 * 64  # ... and at most the voxels of the demo's crop, so a step costs what it costs there
 WINDOW_COVER = 1.5              # a window covers a whole axis when that is at most this many crops long
 MIN_SIZE_FRACTION = 0.2         # smallest object: this fraction of the 5th-percentile GT volume (0.1 -> 0.2: README)
 MIN_MARKER_FRACTION = 0.01      # smallest marker: this fraction of it
 GATE_MARGIN = 2.0               # max_distance: this many times the 99th-percentile displacement ...
 GATE_FLOOR = 1.0                # ... and at least this many median nucleus diameters
 GAP_FACTOR = 1.2                # division and gap gates: this many times max_distance, at least
-PATCH_FRACTION = 2 / 3          # ViT patch: the power of two nearest this fraction of the nucleus
+PATCH_FRACTION = 1 / 3          # ViT patch: the power of two nearest this fraction of the nucleus (2/3, one token
+                                # per nucleus, was too coarse for the boundaries: hard SEG 0.61 -> 0.74, README)
 MAX_PATCH = 32
 
 SOURCES = ("plan", "config", "flag", "default")
@@ -424,7 +426,7 @@ def choose_patch_size(nucleus_vox, crop=None, max_patch: int = MAX_PATCH) -> tup
     """ViT patch per axis: the power of two nearest PATCH_FRACTION of the nucleus diameter (in working voxels),
     1..max_patch, halved until it divides `crop` where a crop is given (so any crop gets a compatible patch).
 
-    At the demo's scale (12 x 19 x 19 voxels) this is today's (8, 16, 16); at the working scale (about 15 x 24 x 24) too.
+    At the demo's scale (12 x 19 x 19 voxels) this is (4, 8, 8); at the working scale (about 15 x 24 x 24) too.
     """
     patch = []
     for i, d in enumerate(nucleus_vox):
@@ -445,6 +447,19 @@ def _axis_crop(d: float, image: int, div: int, diameters: float, pads: bool = Fa
     lo, fit = _round_up(MIN_CROP_DIAMETERS * d, div), (_round_up if pads else _round_down)(image, div)
     want = max(div, int(math.floor(diameters * d / div + 0.5 - 1e-6)) * div)
     return max(lo, min(want, fit)) if fit >= lo else min(lo, _round_up(image, div))
+
+
+def _cap_crop(crop: list, nucleus, step) -> list:
+    """Shrink a planned crop to at most MAX_CROP_VOXELS: one step at a time along the axes that hold the most
+    nucleus diameters (equal ones together, so a square crop stays square), never below MIN_CROP_DIAMETERS."""
+    crop = list(crop)
+    while math.prod(crop) > MAX_CROP_VOXELS:
+        floors = [max(k, _round_up(MIN_CROP_DIAMETERS * d, k)) for d, k in zip(nucleus, step)]
+        room = [c / d if c - k >= f else 0.0 for c, d, k, f in zip(crop, nucleus, step, floors)]
+        if max(room) == 0:
+            break
+        crop = [c - k if abs(r - max(room)) < 1e-9 else c for c, k, r in zip(crop, step, room)]
+    return crop
 
 
 def _axis_window(crop: int, image: int, div: int) -> int:
@@ -671,7 +686,8 @@ def make_plan(fp: Fingerprint, model_divisor, overrides: dict | None = None, *, 
                                 f"(the model's size divisor{' and patch size' if patch else ''}) on every axis")
         elif name == "crop_size":
             diameters = CROP_DIAMETERS if ndim == 3 else CROP_DIAMETERS_2D
-            sizes[name] = [_axis_crop(d, n, k, diameters, pads) for d, n, k in zip(nucleus, shape, planned)]
+            sizes[name] = _cap_crop([_axis_crop(d, n, k, diameters, pads) for d, n, k in zip(nucleus, shape, planned)],
+                                    nucleus, planned)
             sources[name] = "plan"
         else:
             sizes[name] = [_axis_window(c, n, k) for c, n, k in zip(sizes["crop_size"], shape, planned)]

@@ -201,11 +201,11 @@ def test_read_only_data_folder_does_not_fail(data3d, tmp_path, monkeypatch, caps
 
 
 # ----------------------------------------------------------------------------- plan
-def test_demo_scale_keeps_the_native_grid_and_todays_sizes():
+def test_demo_scale_keeps_the_native_grid():
     fp = make_fp((32, 128, 128), (0.125, 0.125, 0.2), 2.37, displacement_p99=0.5, volume_p5=3.48)
     p = plan.make_plan(fp, (1, 1, 1), plan_patch=True)
     assert not p.resamples and p.spacing == [0.2, 0.125, 0.125] and p.shape == [32, 128, 128]
-    assert p.patch_size == [8, 16, 16] and p.crop_size == [32, 64, 64] and p.window == [32, 64, 64]
+    assert p.patch_size == [4, 8, 8] and p.crop_size == [32, 56, 56] and p.window == [32, 56, 56]
     assert p.min_size == pytest.approx(1000 * plan.MIN_SIZE_FRACTION, rel=0.2)  # p5 volume: about 1000 voxels
     assert p.min_marker_size == pytest.approx(10, rel=0.2)
     assert p.max_distance == pytest.approx(plan.GATE_FLOOR * 2.37) and p.division_distance >= p.max_distance
@@ -270,10 +270,27 @@ def test_a_model_that_pads_inside_gets_crops_it_computes_on():
     assert given.crop_size == [29, 72, 72] and given.sources["crop_size"] == "config"
 
 
+def test_planned_crops_hold_at_most_the_demo_crops_voxels(monkeypatch):
+    fp = make_fp((59, 350, 330), (0.125, 0.125, 0.2), 6.2, displacement_p99=1.0)  # SIM+: 3 nuclei make 28 x 72 x 72
+    capped = plan.make_plan(fp, (1, 1, 1), plan_patch=True)
+    nucleus = [6.2 / s for s in capped.spacing]
+    assert np.prod(capped.crop_size) <= plan.MAX_CROP_VOXELS and capped.crop_size[1] == capped.crop_size[2]
+    assert all(c >= plan.MIN_CROP_DIAMETERS * d for c, d in zip(capped.crop_size, nucleus))
+    assert all(c % q == 0 for c, q in zip(capped.crop_size, capped.patch_size))
+    monkeypatch.setattr(plan, "MAX_CROP_VOXELS", 10 ** 9)
+    free = plan.make_plan(fp, (1, 1, 1), plan_patch=True)
+    assert np.prod(free.crop_size) > 32 * 64 * 64  # uncapped, the SIM+ crop would cost more than the demo's
+    assert np.prod(free.crop_size) > np.prod(capped.crop_size) and free.patch_size == capped.patch_size
+    # a crop that cannot shrink without going under MIN_CROP_DIAMETERS keeps its floor
+    monkeypatch.setattr(plan, "MAX_CROP_VOXELS", 1)
+    floor = plan.make_plan(fp, (1, 1, 1), plan_patch=True)
+    assert all(c >= plan.MIN_CROP_DIAMETERS * d for c, d in zip(floor.crop_size, nucleus))
+
+
 def test_choose_patch_size():
-    assert plan.choose_patch_size((12, 19, 19)) == (8, 16, 16)
-    assert plan.choose_patch_size((15, 24, 24)) == (8, 16, 16)
-    assert plan.choose_patch_size((15, 24, 24), crop=(20, 48, 40)) == (4, 16, 8)
+    assert plan.choose_patch_size((12, 19, 19)) == (4, 8, 8)   # the demo's nuclei: a third of a nucleus
+    assert plan.choose_patch_size((15, 24, 24)) == (4, 8, 8)
+    assert plan.choose_patch_size((15, 24, 24), crop=(18, 44, 40)) == (2, 4, 8)  # halved until it divides the crop
     assert plan.choose_patch_size((100, 100)) == (32, 32)
     assert plan.choose_patch_size((1, 2)) == (1, 1)
 
@@ -291,8 +308,8 @@ def test_explicit_values_win_and_are_recorded():
     s = plan.make_plan(fp, (1, 1, 1), overrides={"spacing": (0.2, 0.125, 0.125), "patch_size": (4, 16, 16)}, plan_patch=True)
     assert s.spacing == [0.2, 0.125, 0.125] and not s.resamples and s.patch_size == [4, 16, 16]
     assert s.sources["spacing"] == s.sources["patch_size"] == "config" and all(c % 4 == 0 for c in s.crop_size)
-    v = plan.make_plan(fp, (1, 1, 1), overrides={"crop_size": (24, 48, 40)}, plan_patch=True)
-    assert v.patch_size == [8, 16, 8] and v.sources["patch_size"] == "plan"  # a patch that fits the given crop
+    v = plan.make_plan(fp, (1, 1, 1), overrides={"crop_size": (22, 44, 40)}, plan_patch=True)
+    assert v.patch_size == [2, 4, 8] and v.sources["patch_size"] == "plan"  # a patch that fits the given crop
 
 
 @pytest.mark.parametrize("overrides,match", [
