@@ -391,6 +391,12 @@ DEFAULT_GRID = {
 }
 
 
+#: What a run tunes on its own training frames (Trainer, tune_frames): the marker threshold alone. The network is
+#: over-confident on frames it has fit, so a foreground threshold tuned there (0.7 on every checkpoint measured)
+#: cuts nuclei short on new data; the marker threshold, which decides what is split, transfers (README).
+TRAINING_FRAMES_GRID = {"marker_threshold": (0.3, 0.4, 0.5, 0.6, 0.7)}
+
+
 def tracked_score(masks: dict, tracks, tra_gt: dict, gt_tracks, seg_gt: dict, measure: str = "OP_CTB") -> float:
     """A tracking measure (default OP_CTB) of tracked candidate masks {t: labels} (track rows `tracks`) against
     the TRA ground truth of the same consecutive frames; `gt_tracks` is the whole sequence's table, cut here

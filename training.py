@@ -4,8 +4,8 @@ Data: random crops of the training sequence (dataset3D). Loss: losses.combined_l
 linear warm-up then cosine decay per step, gradient clipping, bf16 autocast on CUDA. Every
 `val_every` epochs: whole-volume prediction of some validation frames and their SEG. Checkpoints
 `last.pt` (every epoch) and `best.pt` (best validation SEG), written atomically with everything a
-resume needs. At the end: the whole validation sequence predicted (the default watershed thresholds, or
-with tune_frames those tuned on training frames) and tracked into a CTC result folder, and SEG / DET / TRA printed.
+resume needs. At the end: the marker threshold tuned on training frames, the whole validation sequence
+predicted and tracked into a CTC result folder, and SEG / DET / TRA printed.
 
 Run under `torchrun --nproc_per_node=N` for DistributedDataParallel (NCCL on GPU, gloo on CPU);
 rank 0 alone validates, logs and saves.
@@ -37,6 +37,7 @@ from dataset.fileio import MARK, atomic_path, check_output, mark, write_json
 from dataset3D import AugmentConfig, CropDataset, load_volumes
 from distributed import Distributed
 from errors import OutputError, UserError
+from inference import TRAINING_FRAMES_GRID
 from losses import PARTS, LossWeights, combined_loss
 from metrics import seg_score
 from models import build_model
@@ -69,8 +70,8 @@ class TrainConfig:
     core_fraction: float = 0.35              # marker target: voxels at least this fraction of the way to the centre
     val_every: int = 5                       # validate every this many epochs (and after the last)
     val_frames: int = 2                      # validation frames scored per validation (evenly spaced)
-    tune_frames: int = 0                     # training frames to tune the watershed thresholds on at the end; 0: the
-                                             # defaults (tuned on frames it trained on, they scored worse on new data: README)
+    tune_frames: int = 3                     # training frames the marker threshold is tuned on at the end (0: none);
+                                             # fg stays 0.5: tuned on frames it was trained on, it transfers badly (README)
     tune_objective: str = "SEG"              # ... for "SEG", or "OP_CTB" (then tune_frames consecutive frames, tracked)
     overlap: float = 0.25                    # sliding-window overlap for validation and final prediction
     num_workers: int = -1                    # data-loader workers; -1: as many as the CPU count allows (max 8)
@@ -439,8 +440,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ final report
     def final_report(self) -> dict:
-        """Best model → (with tune_frames, thresholds tuned on training frames, kept as best.postprocessing.json)
-        → validation sequence predicted, tracked and scored into <seq>_RES and scores.json."""
+        """Best model → marker threshold tuned on training frames (kept as best.postprocessing.json; none with
+        tune_frames 0) → validation sequence predicted, tracked and scored into <seq>_RES and scores.json."""
         from metrics import format_table
         from utils import check_accuracy
         cfg, out, val_seq = self.cfg, self.out, self.val_seq
@@ -462,8 +463,9 @@ class Trainer:
 
 
     def tune(self, predictor: Predictor, best_path: Path) -> None:
-        """Tune the predictor's thresholds on `tune_frames` training frames and keep them as best.postprocessing.json
-        (opt-in: the network has fit these frames, so what suits them may not suit new data)."""
+        """Tune the predictor's marker threshold on `tune_frames` training frames (inference.TRAINING_FRAMES_GRID:
+        the network has fit these frames, so a foreground threshold tuned there would not suit new data) and keep
+        the thresholds as best.postprocessing.json."""
         cfg = self.cfg
         if cfg.tune_objective == "OP_CTB":  # a consecutive run from the middle of the sequence
             frames = sorted(self.train_seq.tra_files)
@@ -471,7 +473,7 @@ class Trainer:
             tune_frames = frames[start:start + cfg.tune_frames]
         else:
             tune_frames = evenly_spaced(self.train_seq.seg_files, cfg.tune_frames)
-        post, seg = predictor.tune(self.train_seq, tune_frames, objective=cfg.tune_objective)
+        post, seg = predictor.tune(self.train_seq, tune_frames, grid=TRAINING_FRAMES_GRID, objective=cfg.tune_objective)
         save_post_record(post_record_path(best_path), post, seg, predictor.checkpoint_id,
                          {"data": str(self.train_seq.image_dir), "frames": tune_frames, "objective": cfg.tune_objective})
 

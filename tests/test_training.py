@@ -15,6 +15,7 @@ import pytest
 import tifffile
 import torch
 
+import inference
 import main
 import training
 from errors import UserError
@@ -61,10 +62,19 @@ def test_tiny_run_writes_checkpoints_history_and_a_valid_ctc_result(data, tmp_pa
     assert 0 <= scores["SEG"] <= 1 and 0 <= scores["TRA"] <= 1 and "DET" in scores
 
 
-def test_by_default_the_final_report_keeps_the_default_thresholds_and_tunes_nothing(data, tmp_path, monkeypatch):
-    # tune_frames=0 is the default: no tuning on frames the network has fit, no post-processing record, and the
-    # validation result is made with the plan's size limits and PostParams' defaults (the split on)
-    assert TrainConfig().tune_frames == 0
+def test_a_run_tunes_only_the_marker_threshold_on_its_training_frames(data, tmp_path, monkeypatch):
+    # the foreground threshold is not tuned on frames the network has fit (it transfers badly: README); the marker
+    # threshold is, by default on 3 frames
+    assert TrainConfig().tune_frames == 3
+    grids, real = [], Predictor.tune
+    monkeypatch.setattr(Predictor, "tune", lambda self, *a, grid=None, **k: grids.append(grid) or real(self, *a, grid=grid, **k))
+    scores = training.train(tiny(data, tmp_path / "run", tune_frames=2))
+    assert grids == [inference.TRAINING_FRAMES_GRID] and set(grids[0]) == {"marker_threshold"}
+    assert scores["post"]["fg_threshold"] == PostParams().fg_threshold and scores["post"]["marker_split"] == 0.3
+    assert scores["post"]["marker_threshold"] in inference.TRAINING_FRAMES_GRID["marker_threshold"] + (0.5,)
+
+
+def test_with_tune_frames_0_the_final_report_keeps_the_default_thresholds(data, tmp_path, monkeypatch):
     monkeypatch.setattr(Predictor, "tune", lambda *a, **k: pytest.fail("tuned although tune_frames is 0"))
     scores = training.train(tiny(data, tmp_path / "run", tune_frames=0))
     run = tmp_path / "run"
