@@ -1,12 +1,13 @@
-"""Where the watershed thresholds should come from: the defaults (inference.PostParams), a tuning on frames the
-network was trained on (as a run with tune_frames does), or a tuning on frames it never saw (sequence 01 of
+"""Where the watershed thresholds should come from: the defaults (inference.PostParams), a tuning of all of them on
+frames the network was trained on, of the marker threshold alone there (what a run does: TRAINING_FRAMES_GRID), or a
+tuning on frames it never saw (sequence 01 of
 another data set of the same kind, e.g. the same synthetic preset with another --seed). Each is scored, tracked,
 on the whole of 02 (SEG, DET, TRA, merges NS, FP, volume), from probabilities predicted once.
 
     python bench/tune_source.py RUN/best.pt DATA_ROOT [--held-out OTHER_ROOT] [--frames 3 10]
 
-A network is more confident on frames it has fit than on new ones, so thresholds tuned there can transfer worse
-than the defaults; tuning on held-out frames shows what an honest tuning could buy.
+A network is more confident on frames it has fit than on new ones, so a foreground threshold tuned there transfers
+badly; tuning on held-out frames shows what an honest tuning could buy.
 """
 import argparse
 import dataclasses
@@ -59,6 +60,10 @@ def main(argv=None) -> int:
             post, _ = inference.tune_postprocessing([probs[t] for t in frames], [seq.seg(t) for t in frames],
                                                     inference.DEFAULT_GRID, base=p.post, voxel_size=spacing)
             show(f"tuned on {n} {name}", post)
+            if seq is sources[0][1]:  # what a run does: the marker threshold alone (TRAINING_FRAMES_GRID)
+                post, _ = inference.tune_postprocessing([probs[t] for t in frames], [seq.seg(t) for t in frames],
+                                                        inference.TRAINING_FRAMES_GRID, base=p.post, voxel_size=spacing)
+                show(f"marker only, {n} training frames", post)
     return 0
 
 
