@@ -207,8 +207,8 @@ def sliding_window(predictor, volume, roi_size, overlap: float = 0.5, sw_batch_s
 class PostParams:
     """Thresholds of `instances`. The defaults suit calibrated probabilities; on synthetic SIM+-like probability
     maps (bench/inference.py's, smoothed and noisy) a grid over fg/marker threshold 0.4-0.6 and min_marker_size
-    1-50 found nothing better, and on trained checkpoints they beat thresholds tuned on the training frames
-    (bench/tune_source.py, README). `tune_postprocessing` (`main.py predict --tune`) fits them to a sequence's GT.
+    1-50 found nothing better, and on trained checkpoints fg 0.5 beat a foreground threshold tuned on the training
+    frames (bench/tune_source.py, README). `tune_postprocessing` (`main.py predict --tune`) fits them to a sequence's GT.
 
     fg_threshold: foreground where 1 - P(background) exceeds it.
     marker_threshold: seeds where the marker probability exceeds it (inside the foreground).

@@ -71,7 +71,7 @@ GATE_MARGIN = 2.0               # max_distance: this many times the 99th-percent
 GATE_FLOOR = 1.0                # ... and at least this many median nucleus diameters
 GAP_FACTOR = 1.2                # division and gap gates: this many times max_distance, at least
 PATCH_FRACTION = 1 / 3          # ViT patch: the power of two nearest this fraction of the nucleus (2/3, one token
-                                # per nucleus, was too coarse for the boundaries: hard SEG 0.61 -> 0.74, README)
+                                # per nucleus, was too coarse for the boundaries: hard SEG 0.61 -> 0.72, README)
 MAX_PATCH = 32
 
 SOURCES = ("plan", "config", "flag", "default")

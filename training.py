@@ -461,7 +461,6 @@ class Trainer:
         write_json(out / "scores.json", scores)
         return scores
 
-
     def tune(self, predictor: Predictor, best_path: Path) -> None:
         """Tune the predictor's marker threshold on `tune_frames` training frames (inference.TRAINING_FRAMES_GRID:
         the network has fit these frames, so a foreground threshold tuned there would not suit new data) and keep
@@ -476,6 +475,7 @@ class Trainer:
         post, seg = predictor.tune(self.train_seq, tune_frames, grid=TRAINING_FRAMES_GRID, objective=cfg.tune_objective)
         save_post_record(post_record_path(best_path), post, seg, predictor.checkpoint_id,
                          {"data": str(self.train_seq.image_dir), "frames": tune_frames, "objective": cfg.tune_objective})
+
 
 RUN_FILES = ("last.pt", "best.pt", "config.json", "plan.json", "history.csv", "scores.json", "figures",
              "best.postprocessing.json")
