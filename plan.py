@@ -71,7 +71,8 @@ GATE_MARGIN = 2.0               # max_distance: this many times the 99th-percent
 GATE_FLOOR = 1.0                # ... and at least this many median nucleus diameters
 GAP_FACTOR = 1.2                # division and gap gates: this many times max_distance, at least
 PATCH_FRACTION = 1 / 3          # ViT patch: the power of two nearest this fraction of the nucleus (2/3, one token
-                                # per nucleus, was too coarse for the boundaries: hard SEG 0.61 -> 0.72, README)
+                                # per nucleus, was too coarse for the boundaries: hard SEG 0.61 -> 0.72, README) ...
+PATCH_FRACTION_2D = 2 / 3       # ... in 2D, where a crop spans 8 nuclei: a third would give ~1200 tokens, 5x the step
 MAX_PATCH = 32
 
 SOURCES = ("plan", "config", "flag", "default")
@@ -423,14 +424,15 @@ def _round_down(value: float, k: int) -> int:
 
 
 def choose_patch_size(nucleus_vox, crop=None, max_patch: int = MAX_PATCH) -> tuple[int, ...]:
-    """ViT patch per axis: the power of two nearest PATCH_FRACTION of the nucleus diameter (in working voxels),
-    1..max_patch, halved until it divides `crop` where a crop is given (so any crop gets a compatible patch).
+    """ViT patch per axis: the power of two nearest PATCH_FRACTION (PATCH_FRACTION_2D in 2D) of the nucleus
+    diameter (in working voxels), 1..max_patch, halved until it divides `crop` where a crop is given (so any crop
+    gets a compatible patch).
 
     At the demo's scale (12 x 19 x 19 voxels) this is (4, 8, 8); at the working scale (about 15 x 24 x 24) too.
     """
-    patch = []
+    patch, fraction = [], PATCH_FRACTION_2D if len(nucleus_vox) == 2 else PATCH_FRACTION
     for i, d in enumerate(nucleus_vox):
-        p = 2 ** int(round(math.log2(max(PATCH_FRACTION * float(d), 1.0))))
+        p = 2 ** int(round(math.log2(max(fraction * float(d), 1.0))))
         p = int(min(max(p, 1), max_patch))
         if crop is not None:
             while p > 1 and int(crop[i]) % p:

@@ -291,6 +291,7 @@ def test_choose_patch_size():
     assert plan.choose_patch_size((12, 19, 19)) == (4, 8, 8)   # the demo's nuclei: a third of a nucleus
     assert plan.choose_patch_size((15, 24, 24)) == (4, 8, 8)
     assert plan.choose_patch_size((15, 24, 24), crop=(18, 44, 40)) == (2, 4, 8)  # halved until it divides the crop
+    assert plan.choose_patch_size((18, 18)) == (16, 16)  # 2D: two thirds (a crop of 8 nuclei, attention-bound)
     assert plan.choose_patch_size((100, 100)) == (32, 32)
     assert plan.choose_patch_size((1, 2)) == (1, 1)
 
