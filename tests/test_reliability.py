@@ -318,7 +318,10 @@ def test_kill_9_or_ctrl_c_during_track_predict_and_synth_overwrite_loses_nothing
     argv = [sys.executable, str(ROOT / "main.py"), "predict", "--checkpoint", str(ckpt), "--data", str(big), "--seq", "01",
             "--out", str(tmp_path / "res"), "--overwrite", "--device", "cpu"]
     for sig in (signal.SIGKILL, signal.SIGINT):
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # Ctrl-C reaches the child as it would from a terminal, even where this suite runs as a background job of a
+        # non-interactive shell, whose children start with SIGINT ignored (then the predict ran on to its end)
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         cache = tmp_path / ".res.cache"  # the frames segmented so far (scaleout.py), held by this run's pid
         kill_when(proc, lambda: frames_cached_by(proc, cache) > 2, send=sig)
         assert digest(tmp_path / "res") == old and digest(big) == before
