@@ -1,6 +1,6 @@
 """Which tuning grid to search, on how many frames: each grid is tuned (for SEG) on N evenly spaced frames of 01,
-as a training run tunes (tune_frames, 3 by default), and the thresholds found are scored, tracked, on the whole of
-02 (SEG, DET, TRA, merges NS, FP, volume).
+as a training run tuned them until 2026-12-08 (a run now tunes the marker threshold alone: bench/tune_source.py), and
+the thresholds found are scored, tracked, on the whole of 02 (SEG, DET, TRA, merges NS, FP, volume).
 
     python bench/tuning.py RUN/best.pt DATA_ROOT [--frames 3 10]
 
