@@ -141,7 +141,7 @@ def track_command(args) -> int:
 
 
 def synth_command(args) -> int:
-    """`main.py synth --out DIR [--preset demo|sim+] [--frames N] [--shape Z,Y,X] [--seed S] [--overwrite]`.
+    """`main.py synth --out DIR [--preset medium|demo|sim+|hard] [--frames N] [--shape Z,Y,X] [--seed S] [--overwrite]`.
 
     --frames and --shape apply on top of the preset (other shapes keep its nucleus size and packing density).
     """

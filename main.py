@@ -119,10 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic SIM+-like CTC data set (sequences 01 and 02 with GT)")
     p.add_argument("--out", required=True, help="data set root to create")
-    p.add_argument("--preset", choices=("demo", "sim+", "hard"), default=None,
-                   help="demo: 32x128x128 frames, nuclei ~13x21x21 voxels (default); sim+: the real Fluo-N3DH-SIM+ scale, "
-                        "59x350x330 frames, nuclei ~32x50x50 voxels; hard: the demo dimmer, blurrier, hazy, "
-                        "irregular and crowded")
+    p.add_argument("--preset", choices=("medium", "demo", "sim+", "hard"), default=None,
+                   help="medium (default, the set `main.py --model NAME` trains on without --data): the demo's nuclei of "
+                        "uneven brightness on an uneven, hazy background; demo: 32x128x128 frames, nuclei ~13x21x21 "
+                        "voxels, evenly bright; sim+: the real Fluo-N3DH-SIM+ scale, 59x350x330 frames, nuclei "
+                        "~32x50x50 voxels; hard: the demo dimmer, blurrier, hazy, irregular and crowded")
     p.add_argument("--frames", type=POSITIVE_INT, default=None, help="frames per sequence")
     p.add_argument("--shape", type=_shape, default=None, help="volume size Z,Y,X")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
