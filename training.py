@@ -42,7 +42,7 @@ from losses import PARTS, LossWeights, combined_loss
 from metrics import seg_score
 from models import build_model
 from plan import fingerprint, make_plan
-from predict import TUNE_OBJECTIVES, Predictor, post_record_path, save_post_record
+from predict import DEFAULT_OVERLAP, TUNE_OBJECTIVES, Predictor, post_record_path, save_post_record
 from utils import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 
 
@@ -73,8 +73,7 @@ class TrainConfig:
     tune_frames: int = 3                     # training frames the marker threshold is tuned on at the end (0: none);
                                              # fg stays 0.5: tuned on frames it was trained on, it transfers badly (README)
     tune_objective: str = "SEG"              # ... for "SEG", or "OP_CTB" (then tune_frames consecutive frames, tracked)
-    overlap: float = 0.5                     # sliding-window overlap for validation and final prediction
-                                             # (predict.DEFAULT_OVERLAP: +0.004-0.007 SEG over 0.25, README)
+    overlap: float = DEFAULT_OVERLAP         # sliding-window overlap for validation and final prediction (0.5: README)
     num_workers: int = -1                    # data-loader workers; -1: as many as the CPU count allows (max 8)
     device: str = "auto"                     # auto, cpu or cuda
     amp: bool = True                         # bf16 autocast on CUDA (ignored on CPU)
