@@ -117,7 +117,7 @@ def test_killed_run_resumes_without_segmenting_its_cached_frames_again(ckpt, tmp
 
     shutil.copytree(saved, cache)  # a changed setting: every frame is segmented again
     calls.clear()
-    assert main.main(predict_argv(ckpt, data, "--seq", "02", "--out", res, "--overwrite", "--resume", "--overlap", "0.5")) == 0
+    assert main.main(predict_argv(ckpt, data, "--seq", "02", "--out", res, "--overwrite", "--resume", "--overlap", "0.25")) == 0  # not the run's 0.5
     out = capsys.readouterr().out
     assert "resumed: 0 of 6 frames" in out and f"{cached} cached under other settings" in out and len(calls) == 6
 
@@ -169,7 +169,7 @@ def test_frames_are_shared_by_voxel_count_and_entries_follow_every_setting(ckpt,
     settings = scaleout.mask_settings(predictor)
     names = {t: scaleout.entry_name(t, settings, i) for t, i in scaleout.frame_identities(seq).items()}
     assert names == {t: scaleout.entry_name(t, settings, i) for t, i in scaleout.frame_identities(seq).items()}
-    for change in (dict(overlap=0.5), dict(tta=True), dict(window=(8, 16, 16)), dict(voxel_size=(0.2, 0.2, 0.5))):
+    for change in (dict(overlap=0.25), dict(tta=True), dict(window=(8, 16, 16)), dict(voxel_size=(0.2, 0.2, 0.5))):
         other = scaleout.mask_settings(predict.Predictor.from_checkpoint(ckpt, "cpu", **change))
         assert scaleout.entry_name(0, other, scaleout.frame_identities(seq)[0]) != names[0], change
     predictor.post = predict.PostParams(min_size=7)
