@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic SIM+-like CTC data set (sequences 01 and 02 with GT)")
     p.add_argument("--out", required=True, help="data set root to create")
-    p.add_argument("--preset", choices=("medium", "demo", "sim+", "hard"), default=None,
+    from dataset.synthetic import PRESETS
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="medium (default, the set `main.py --model NAME` trains on without --data): the demo's nuclei of "
                         "uneven brightness on an uneven, hazy background; demo: 32x128x128 frames, nuclei ~13x21x21 "
                         "voxels, evenly bright; sim+: the real Fluo-N3DH-SIM+ scale, 59x350x330 frames, nuclei "
